@@ -1,0 +1,113 @@
+//! The client every service uses to talk to the event bus: publish, and read the log
+//! (catch-up, filling a hole in a delivery).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Envelope;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("event bus unreachable: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("event bus answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("event bus sent an unreadable answer: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// The bus's answer for each published event: its place in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub id: uuid::Uuid,
+    pub seq: i64,
+    /// True when the id was already in the log (an idempotent re-publish).
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishAnswer {
+    events: Vec<Accepted>,
+}
+
+/// An HTTP client tuned for service-to-service calls on a cluster network.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[derive(Debug, Clone)]
+pub struct BusClient {
+    http: reqwest::Client,
+    events_url: String,
+    token: Option<String>,
+}
+
+impl BusClient {
+    /// `base_url` is the bus's root, e.g. `http://event-bus-srv:4005`.
+    pub fn new(base_url: &str, token: Option<String>) -> Self {
+        Self {
+            http: http_client(Duration::from_secs(10)),
+            events_url: format!("{}/events", base_url.trim_end_matches('/')),
+            token,
+        }
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Publishes a JSON array of publications, already serialised (the outbox stores
+    /// them as text). Returns once the bus has committed them.
+    pub async fn publish_json_array(&self, body: String) -> Result<Vec<Accepted>, BusError> {
+        let response = self
+            .authorized(self.http.post(&self.events_url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let bytes = checked(response).await?;
+        Ok(serde_json::from_slice::<PublishAnswer>(&bytes)?.events)
+    }
+
+    pub async fn publish(
+        &self,
+        publications: &[crate::events::Publication],
+    ) -> Result<Vec<Accepted>, BusError> {
+        self.publish_json_array(serde_json::to_string(publications)?)
+            .await
+    }
+
+    /// Up to `limit` events with `seq > after`, in seq order.
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Envelope>, BusError> {
+        let response = self
+            .authorized(self.http.get(&self.events_url))
+            .query(&[("after", after.to_string()), ("limit", limit.to_string())])
+            .send()
+            .await?;
+        let bytes = checked(response).await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+async fn checked(response: reqwest::Response) -> Result<bytes::Bytes, BusError> {
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    if status.is_success() {
+        Ok(bytes)
+    } else {
+        Err(BusError::Status {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! The consumer side of the bus: apply each event and advance this service's cursor in
+//! one transaction, so an event's effect happens exactly once however often it is
+//! delivered, and strictly in seq order — a delivery that starts past a hole (the
+//! database was restored or wiped) never jumps it: the missing range is read from the
+//! bus first.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::backoff::Backoff;
+use crate::bus::{BusClient, BusError};
+use crate::error::{error_chain, ApiError};
+use crate::events::{Decoded, Envelope, Event, OneOrMany};
+use crate::http::{Authorized, JsonBody};
+use crate::outbox::OutboxWaker;
+use crate::server::Readiness;
+use crate::shutdown::ShutdownSignal;
+
+/// How a service reacts to the events it cares about. `apply` runs inside the cursor's
+/// transaction: whatever it writes (including outbox rows) commits with the cursor.
+pub trait EventHandler: Send + Sync + 'static {
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("reading missing events from the bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("the bus has no event {expected} (it sent {found:?}); refusing to skip it")]
+    Hole { expected: i64, found: Option<i64> },
+}
+
+impl From<ConsumerError> for ApiError {
+    fn from(error: ConsumerError) -> Self {
+        match error {
+            ConsumerError::Database(e) => ApiError::Database(e),
+            other => ApiError::Unavailable(error_chain(&other)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeliveryOutcome {
+    pub applied: usize,
+    pub skipped: usize,
+    pub cursor: i64,
+}
+
+/// Events read from the bus per request when catching up or filling a hole.
+const PAGE: i64 = 1000;
+
+pub struct Consumer<H> {
+    pool: PgPool,
+    bus: BusClient,
+    handler: H,
+    waker: Option<OutboxWaker>,
+    // Deliveries and catch-up serialise here first, so two of them never both fetch
+    // the same missing range; the row lock on the cursor guards across replicas.
+    apply_lock: Mutex<()>,
+}
+
+impl<H: EventHandler> Consumer<H> {
+    pub fn new(pool: PgPool, bus: BusClient, handler: H) -> Self {
+        Self {
+            pool,
+            bus,
+            handler,
+            waker: None,
+            apply_lock: Mutex::new(()),
+        }
+    }
+
+    /// For a handler that appends to the outbox: wake the relay after each commit.
+    pub fn waking(mut self, waker: OutboxWaker) -> Self {
+        self.waker = Some(waker);
+        self
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    pub async fn cursor(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT seq FROM consumer_cursor")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Applies a delivered batch: events at or below the cursor are skipped, a hole
+    /// before the first new event is filled from the bus, and the cursor moves to the
+    /// last applied seq — all in one transaction.
+    pub async fn deliver(&self, mut batch: Vec<Envelope>) -> Result<DeliveryOutcome, ConsumerError> {
+        batch.sort_by_key(|e| e.seq);
+        batch.dedup_by_key(|e| e.seq);
+        let _serial = self.apply_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let start: i64 = sqlx::query_scalar("SELECT seq FROM consumer_cursor FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut cursor = start;
+        let mut outcome = DeliveryOutcome {
+            applied: 0,
+            skipped: 0,
+            cursor,
+        };
+        for envelope in &batch {
+            if envelope.seq <= cursor {
+                outcome.skipped += 1;
+                continue;
+            }
+            while envelope.seq > cursor + 1 {
+                let wanted = (envelope.seq - 1 - cursor).min(PAGE);
+                let missing = self.bus.events_after(cursor, wanted as u32).await?;
+                tracing::info!(from_seq = cursor + 1, to_seq = envelope.seq - 1, fetched = missing.len(), "filling a hole before the delivered events");
+                if missing.is_empty() {
+                    return Err(ConsumerError::Hole { expected: cursor + 1, found: None });
+                }
+                for earlier in missing.iter().take_while(|e| e.seq < envelope.seq) {
+                    if earlier.seq != cursor + 1 {
+                        return Err(ConsumerError::Hole { expected: cursor + 1, found: Some(earlier.seq) });
+                    }
+                    self.apply_one(&mut tx, earlier).await?;
+                    cursor = earlier.seq;
+                    outcome.applied += 1;
+                }
+            }
+            self.apply_one(&mut tx, envelope).await?;
+            cursor = envelope.seq;
+            outcome.applied += 1;
+        }
+        if cursor > start {
+            sqlx::query("UPDATE consumer_cursor SET seq = $1, updated_at = now()")
+                .bind(cursor)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if outcome.applied > 0 {
+            if let Some(waker) = &self.waker {
+                waker.wake();
+            }
+        }
+        outcome.cursor = cursor;
+        Ok(outcome)
+    }
+
+    async fn apply_one(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "event",
+            event_id = %envelope.id,
+            seq = envelope.seq,
+            r#type = %envelope.kind,
+            trace_id = envelope.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or(""),
+        );
+        let _entered = span.enter();
+        match envelope.decode() {
+            Decoded::Known(event) => {
+                drop(_entered);
+                tracing::Instrument::instrument(self.handler.apply(conn, envelope, event), span.clone()).await?;
+                span.in_scope(|| {
+                    tracing::info!(latency_ms = started.elapsed().as_secs_f64() * 1000.0, "event applied");
+                });
+            }
+            Decoded::Unknown => tracing::debug!("event type not handled here; skipped"),
+            Decoded::Malformed(error) => {
+                // Blocking the whole stream on one bad event would stop the service; the
+                // event stays in the bus's log for inspection and replay.
+                tracing::warn!(%error, "event data does not match its type; skipped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and applies everything the bus has after our cursor.
+    pub async fn catch_up(&self) -> Result<i64, ConsumerError> {
+        loop {
+            let cursor = self.cursor().await?;
+            let page = self.bus.events_after(cursor, PAGE as u32).await?;
+            let full = page.len() as i64 == PAGE;
+            if page.is_empty() {
+                return Ok(cursor);
+            }
+            let outcome = self.deliver(page).await?;
+            if !full {
+                return Ok(outcome.cursor);
+            }
+        }
+    }
+}
+
+/// Catches up with the bus (retrying while it is unreachable), then marks the service
+/// ready: a consumer never serves a view older than the log it could have read.
+pub fn spawn_catch_up<H: EventHandler>(
+    consumer: Arc<Consumer<H>>,
+    readiness: Readiness,
+    mut signal: ShutdownSignal,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match consumer.catch_up().await {
+                Ok(cursor) => {
+                    tracing::info!(cursor, "caught up with the event bus; ready");
+                    readiness.mark_ready();
+                    return;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "catch-up failed; not ready yet");
+                    if signal.sleep(delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Registers `POST /events`, where the bus delivers batches to this consumer.
+pub fn routes<H: EventHandler>(cfg: &mut web::ServiceConfig, consumer: web::Data<Consumer<H>>) {
+    cfg.app_data(consumer)
+        .route("/events", web::post().to(receive::<H>));
+}
+
+async fn receive<H: EventHandler>(
+    _auth: Authorized,
+    consumer: web::Data<Consumer<H>>,
+    JsonBody(OneOrMany(batch)): JsonBody<OneOrMany<Envelope>>,
+) -> Result<HttpResponse, ApiError> {
+    let outcome = consumer.deliver(batch).await?;
+    Ok(HttpResponse::Ok().json(outcome))
+}

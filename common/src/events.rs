@@ -1,0 +1,216 @@
+//! The event contract shared by every service: the typed events and the envelope the bus
+//! stores and delivers. The JSON shapes are pinned by tests in `tests/event_json.rs`.
+
+use serde::{de, Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Every event type the microblog's services understand. Ids are strings, not UUIDs,
+/// because the course's Node services use short hex ids and we interoperate with them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    PostCreated(PostCreated),
+    CommentCreated(CommentCreated),
+    CommentModerated(CommentModerated),
+    CommentUpdated(CommentUpdated),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PostCreated {
+    pub id: String,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommentCreated {
+    pub id: String,
+    pub post_id: String,
+    pub content: String,
+    pub status: CommentStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommentModerated {
+    pub id: String,
+    pub post_id: String,
+    pub content: String,
+    pub status: CommentStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommentUpdated {
+    pub id: String,
+    pub post_id: String,
+    pub content: String,
+    pub status: CommentStatus,
+    /// Bumped by the comments service on every change, so a reader that sees an older
+    /// version after a newer one (redelivery, replay) can ignore it.
+    #[serde(default)]
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommentStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl CommentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+impl Event {
+    /// The wire name of the event's type, as in the envelope's `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PostCreated(_) => "PostCreated",
+            Self::CommentCreated(_) => "CommentCreated",
+            Self::CommentModerated(_) => "CommentModerated",
+            Self::CommentUpdated(_) => "CommentUpdated",
+        }
+    }
+
+    fn data(&self) -> Map<String, Value> {
+        let value = match self {
+            Self::PostCreated(data) => serde_json::to_value(data),
+            Self::CommentCreated(data) => serde_json::to_value(data),
+            Self::CommentModerated(data) => serde_json::to_value(data),
+            Self::CommentUpdated(data) => serde_json::to_value(data),
+        };
+        match value {
+            Ok(Value::Object(map)) => map,
+            // Plain structs of strings and numbers always serialise to an object.
+            _ => Map::new(),
+        }
+    }
+}
+
+/// What a producer publishes. Only `type` and `data` are required (that is all the
+/// course's services send); the bus fills in `id` and `occurredAt` when they are absent,
+/// and always assigns `seq` itself — a `seq` in a publication is ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Publication {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub occurred_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl Publication {
+    /// A new event from one of our services: a fresh time-ordered id, stamped now.
+    pub fn new(event: &Event, source: &str, traceparent: Option<String>) -> Self {
+        Self {
+            id: Some(Uuid::now_v7()),
+            kind: event.kind().to_owned(),
+            data: event.data(),
+            source: Some(source.to_owned()),
+            occurred_at: Some(OffsetDateTime::now_utc()),
+            traceparent,
+        }
+    }
+}
+
+/// An event as the bus stores and delivers it: always with `id`, `seq` and `occurredAt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    pub id: Uuid,
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// How a delivered envelope reads to a consumer.
+#[derive(Debug)]
+pub enum Decoded {
+    Known(Event),
+    /// A type this build does not know (a newer producer, another app on the bus).
+    Unknown,
+    /// A known type whose data does not fit the contract.
+    Malformed(serde_json::Error),
+}
+
+impl Envelope {
+    pub fn decode(&self) -> Decoded {
+        #[derive(Serialize)]
+        struct Tagged<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            data: &'a Map<String, Value>,
+        }
+        const KNOWN: [&str; 4] = [
+            "PostCreated",
+            "CommentCreated",
+            "CommentModerated",
+            "CommentUpdated",
+        ];
+        if !KNOWN.contains(&self.kind.as_str()) {
+            return Decoded::Unknown;
+        }
+        let tagged = Tagged {
+            kind: &self.kind,
+            data: &self.data,
+        };
+        match serde_json::to_value(&tagged).and_then(serde_json::from_value) {
+            Ok(event) => Decoded::Known(event),
+            Err(error) => Decoded::Malformed(error),
+        }
+    }
+}
+
+/// A request body that is either one JSON object or an array of them: the bus accepts
+/// both on `POST /events` (the course posts single events; our relay posts arrays).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event object or an array of event objects")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(|one| OneOrMany(vec![one]))
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
+}

@@ -1,0 +1,201 @@
+//! HTTP building blocks shared by every service: the JSON body extractor (limit, content
+//! type, error mapping), bearer-token checks, per-request logging with a request id and
+//! trace context, and the health endpoints.
+
+use std::future::{ready, Ready};
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use bytes::BytesMut;
+use futures_util::future::LocalBoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::telemetry::TraceParent;
+
+/// The largest request body a service accepts, as app data; 64 KiB unless set.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON request body. Unlike actix's `Json`, every failure (wrong content type, too
+/// large, malformed, wrong shape) becomes our JSON error with the right status.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<BodyLimit>()
+            .map_or(DEFAULT_BODY_LIMIT, |l| l.0);
+        let declared_length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let is_json = is_json_content_type(req);
+        let mut payload = payload.take();
+        async move {
+            if !is_json {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            if declared_length.is_some_and(|n| n > limit) {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            let mut body = BytesMut::with_capacity(declared_length.unwrap_or(1024).min(limit));
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            serde_json::from_slice(&body)
+                .map(JsonBody)
+                .map_err(ApiError::from_json)
+        }
+        .boxed_local()
+    }
+}
+
+fn is_json_content_type(req: &HttpRequest) -> bool {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Checks `Authorization: Bearer <token>` when a token is configured.
+pub fn require_bearer(req: &HttpRequest, expected: Option<&str>) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The trace context of the current request (from its `traceparent` header, or a new
+/// trace), which handlers pass on in the events they emit.
+impl FromRequest for TraceParent {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let trace = req.extensions().get::<TraceParent>().cloned();
+        ready(Ok(trace.unwrap_or_else(TraceParent::new_root)))
+    }
+}
+
+/// Middleware: one log line per request (method, path, status, latency) inside a span
+/// that carries the request id and trace id, so every line a handler logs has them too.
+pub async fn log_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceParent::new_root);
+    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace.trace_id);
+    req.extensions_mut().insert(trace);
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let quiet = path == "/healthz" || path == "/readyz";
+    let result = next.call(req).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = match &result {
+        Ok(res) => res.status().as_u16(),
+        Err(err) => err.as_response_error().status_code().as_u16(),
+    };
+    span.in_scope(|| {
+        if quiet && status < 400 {
+            tracing::debug!(%method, %path, status, latency_ms, "request");
+        } else {
+            tracing::info!(%method, %path, status, latency_ms, "request");
+        }
+    });
+    result
+}
+
+/// Registers `GET /healthz` (the process is alive) and `GET /readyz` (database reachable,
+/// migrations applied, caught up), shared by every service.
+pub fn health_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+async fn healthz() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(readiness: web::Data<crate::server::Readiness>) -> Result<actix_web::HttpResponse, ApiError> {
+    readiness.check().await?;
+    Ok(actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
+}
+
+/// The shared secret for `/events` traffic (`EVENT_BUS_TOKEN`), as app data; `None`
+/// accepts everything (local runs).
+#[derive(Debug, Clone, Default)]
+pub struct EventsToken(pub Option<String>);
+
+/// An extractor that passes only requests carrying the configured bearer token; put it
+/// first among a handler's arguments so a forged request is refused before its body is read.
+#[derive(Debug)]
+pub struct Authorized;
+
+impl FromRequest for Authorized {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let expected = req
+            .app_data::<EventsToken>()
+            .and_then(|t| t.0.as_deref());
+        ready(require_bearer(req, expected).map(|()| Authorized))
+    }
+}

@@ -1,0 +1,167 @@
+//! The transactional outbox. A producer writes its change and the event describing it in
+//! one transaction (`append`), so an event exists if and only if the change does; the
+//! relay then publishes the outbox to the bus in order, in batches, retrying until the
+//! bus has committed them. An API can answer 201 while the bus is down: nothing is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::backoff::Backoff;
+use crate::bus::{BusClient, BusError};
+use crate::error::error_chain;
+use crate::events::Publication;
+use crate::shutdown::ShutdownSignal;
+
+/// Rows a relay publishes in one request.
+const BATCH: i64 = 500;
+/// A safety net, not the wake-up path: rows left by a replica that died between its
+/// commit and its relay's wake-up are picked up within this time.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Only one relay publishes at a time across replicas, so the outbox leaves in order.
+const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("could not serialise an event: {0}")]
+    Serialise(#[from] serde_json::Error),
+}
+
+/// Adds an event to the outbox inside the caller's transaction.
+pub async fn append(conn: &mut PgConnection, publication: &Publication) -> Result<(), sqlx::Error> {
+    let id = publication.id.unwrap_or_else(uuid::Uuid::now_v7);
+    let json = serde_json::to_string(publication).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT INTO outbox (event_id, publication) VALUES ($1, $2::json)")
+        .bind(id)
+        .bind(json)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Wakes the relay after a commit that appended to the outbox; cheap, never blocks,
+/// and a wake-up while the relay is busy is remembered, never lost.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxWaker(Arc<Notify>);
+
+impl OutboxWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+pub struct OutboxRelay {
+    pool: PgPool,
+    bus: BusClient,
+    waker: OutboxWaker,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, bus: BusClient) -> Self {
+        Self {
+            pool,
+            bus,
+            waker: OutboxWaker::default(),
+        }
+    }
+
+    pub fn waker(&self) -> OutboxWaker {
+        self.waker.clone()
+    }
+
+    /// Runs until shutdown, then makes a last attempt to flush what is left.
+    pub fn spawn(self, signal: ShutdownSignal) -> JoinHandle<()> {
+        tokio::spawn(self.run(signal))
+    }
+
+    async fn run(self, mut signal: ShutdownSignal) {
+        let mut backoff = Backoff::default();
+        loop {
+            if signal.is_triggered() {
+                self.flush_on_shutdown().await;
+                return;
+            }
+            match self.publish_batch().await {
+                Ok(0) => {
+                    tokio::select! {
+                        _ = self.waker.0.notified() => {}
+                        _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                        _ = signal.triggered() => {}
+                    }
+                }
+                Ok(_) => backoff.reset(),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "outbox relay: publish failed");
+                    signal.sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn flush_on_shutdown(&self) {
+        loop {
+            match self.publish_batch().await {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "outbox relay: stopping with events still in the outbox; they are published on the next start");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes the oldest rows and deletes exactly those; returns how many.
+    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT position, publication::text FROM outbox ORDER BY position LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let mut body = String::with_capacity(rows.iter().map(|(_, p)| p.len() + 1).sum::<usize>() + 2);
+        body.push('[');
+        for (i, (_, publication)) in rows.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(publication);
+        }
+        body.push(']');
+        let accepted = self.bus.publish_json_array(body).await?;
+        // Delete by position, never by range: a transaction still in flight may own a
+        // lower position, and its row must stay until it is published.
+        let positions: Vec<i64> = rows.iter().map(|(p, _)| *p).collect();
+        sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
+            .bind(&positions)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if let (Some(first), Some(last)) = (accepted.first(), accepted.last()) {
+            tracing::debug!(count = rows.len(), first_seq = first.seq, last_seq = last.seq, "outbox relay: published");
+        }
+        Ok(rows.len())
+    }
+
+    /// Rows still waiting to be published.
+    pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(pool).await
+    }
+}

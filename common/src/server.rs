@@ -1,0 +1,242 @@
+//! Server start-up shared by every service: bind (port 0 in tests), health routes, request
+//! logging, JSON body limit, and graceful shutdown that stops accepting, lets in-flight
+//! requests finish, then stops the background tasks and waits for them.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::http::{health_routes, log_requests, BodyLimit, DEFAULT_BODY_LIMIT};
+use crate::shutdown::Shutdown;
+
+/// What `/readyz` checks: the database answers, and the service says it is ready (e.g.
+/// a consumer has caught up with the bus).
+#[derive(Clone)]
+pub struct Readiness {
+    pool: PgPool,
+    ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Ready as soon as the database answers.
+    pub fn database(pool: PgPool) -> Self {
+        Self {
+            pool,
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Not ready until `mark_ready` is called.
+    pub fn pending(pool: PgPool) -> Self {
+        Self {
+            pool,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_marked_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub async fn check(&self) -> Result<(), ApiError> {
+        if !self.is_marked_ready() {
+            return Err(ApiError::Unavailable("still catching up with the event bus".into()));
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+pub struct ServerSettings {
+    pub port: u16,
+    pub body_limit: usize,
+    /// How long in-flight requests (and open streams) get to finish on shutdown.
+    pub grace: Duration,
+}
+
+impl ServerSettings {
+    pub fn on_port(port: u16) -> Self {
+        Self {
+            port,
+            body_limit: DEFAULT_BODY_LIMIT,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running service: its HTTP server plus the background tasks it owns.
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+    stop: Arc<Notify>,
+}
+
+/// Asks a running application to shut down gracefully (what SIGTERM does).
+#[derive(Clone)]
+pub struct StopHandle(Arc<Notify>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
+}
+
+impl Application {
+    /// Binds and starts serving. `routes` registers the service's own routes and data;
+    /// `tasks` are its background loops, all watching `shutdown`.
+    pub fn start<F>(
+        settings: ServerSettings,
+        readiness: Readiness,
+        routes: F,
+        shutdown: Shutdown,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> std::io::Result<Self>
+    where
+        F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
+        let listener = TcpListener::bind(("0.0.0.0", settings.port))?;
+        let port = listener.local_addr()?.port();
+        let readiness = web::Data::new(readiness);
+        let body_limit = BodyLimit(settings.body_limit);
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(log_requests))
+                .app_data(readiness.clone())
+                .app_data(body_limit)
+                .configure(health_routes)
+                .configure(routes.clone())
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.grace.as_secs())
+        .listen(listener)?
+        .run();
+        tracing::info!(port, "listening");
+        Ok(Self {
+            port,
+            server,
+            shutdown,
+            tasks,
+            stop: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
+    }
+
+    /// Serves until SIGTERM/SIGINT (or a `StopHandle`), then shuts down in order.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Self {
+            server,
+            shutdown,
+            tasks,
+            stop,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = tokio::spawn(server);
+        let server_result = tokio::select! {
+            result = &mut server => Some(result),
+            _ = stop.notified() => None,
+            _ = termination_signal() => None,
+        };
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        if server_result.is_none() {
+            handle.stop(true).await;
+        }
+        shutdown.trigger();
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "background task failed");
+            }
+        }
+        tracing::info!("stopped");
+        match server_result {
+            Some(Ok(result)) => result,
+            Some(Err(join_error)) => Err(std::io::Error::other(join_error)),
+            None => match server.await {
+                Ok(result) => result,
+                Err(join_error) => Err(std::io::Error::other(join_error)),
+            },
+        }
+    }
+}
+
+async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut sigterm) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = sigterm.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("connecting to the database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("running migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("binding the HTTP port: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The whole of a service's `main`: read config (exit 2 naming the bad variable), start
+/// logging, build, serve until SIGTERM, exit 0 after a clean shutdown.
+pub async fn run_main<C, Fut>(
+    name: &str,
+    read_config: impl FnOnce(&crate::config::Env) -> Result<C, crate::config::ConfigError>,
+    log_format: impl FnOnce(&C) -> crate::config::LogFormat,
+    build: impl FnOnce(C) -> Fut,
+) -> std::process::ExitCode
+where
+    Fut: std::future::Future<Output = Result<Application, StartError>>,
+{
+    let config = match read_config(&crate::config::Env::from_process()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{name}: configuration error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(log_format(&config));
+    let application = match build(config).await {
+        Ok(application) => application,
+        Err(error) => {
+            tracing::error!(error = %crate::error::error_chain(&error), "{name} failed to start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match application.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "{name} stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Fan-out: one delivery loop per subscriber, each with a durable cursor. A loop sends
+//! the events after its cursor in seq order, in batches, and moves the cursor only when
+//! the subscriber acknowledged the batch; on failure it retries the same batch with
+//! capped exponential backoff and jitter, forever. Loops share nothing but the log, so a
+//! slow or dead subscriber never delays the others or the publishers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::backoff::Backoff;
+use common::config::Subscriber;
+use common::error::error_chain;
+use common::shutdown::ShutdownSignal;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::store::{Store, StoredEvent};
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub batch_size: i64,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    pub timeout: Duration,
+    pub token: Option<String>,
+}
+
+/// What `GET /subscriptions` shows for one subscriber.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionStatus {
+    pub name: String,
+    pub url: String,
+    pub cursor: i64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_error_at: Option<OffsetDateTime>,
+    pub consecutive_failures: u32,
+}
+
+pub type SharedStatus = Arc<Mutex<SubscriptionStatus>>;
+
+/// Starts one loop per subscriber; returns their live statuses and tasks.
+pub fn spawn_all(
+    subscribers: &[Subscriber],
+    store: &Store,
+    head: &watch::Receiver<i64>,
+    settings: &DeliverySettings,
+    signal: &ShutdownSignal,
+) -> (Vec<SharedStatus>, Vec<JoinHandle<()>>) {
+    let http = common::bus::http_client(settings.timeout);
+    subscribers
+        .iter()
+        .map(|subscriber| {
+            let status = Arc::new(Mutex::new(SubscriptionStatus {
+                name: subscriber.name.clone(),
+                url: subscriber.url.clone(),
+                cursor: 0,
+                last_success_at: None,
+                last_error: None,
+                last_error_at: None,
+                consecutive_failures: 0,
+            }));
+            let delivery = Delivery {
+                subscriber: subscriber.clone(),
+                store: store.clone(),
+                http: http.clone(),
+                settings: settings.clone(),
+                status: status.clone(),
+            };
+            let task = tokio::spawn(delivery.run(head.clone(), signal.clone()));
+            (status, task)
+        })
+        .unzip()
+}
+
+struct Delivery {
+    subscriber: Subscriber,
+    store: Store,
+    http: reqwest::Client,
+    settings: DeliverySettings,
+    status: SharedStatus,
+}
+
+impl Delivery {
+    async fn run(self, mut head: watch::Receiver<i64>, mut signal: ShutdownSignal) {
+        let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_cap);
+        let name = self.subscriber.name.as_str();
+        let mut cursor = loop {
+            match self.store.subscribe(name, &self.subscriber.url).await {
+                Ok(cursor) => break cursor,
+                Err(error) => {
+                    self.failed(&error.to_string());
+                    if signal.sleep(backoff.next_delay()).await {
+                        return;
+                    }
+                }
+            }
+        };
+        self.update(|s| s.cursor = cursor);
+        tracing::info!(subscriber = name, cursor, "delivery loop started");
+        while !signal.is_triggered() {
+            let batch = match self.store.page_after(cursor, self.settings.batch_size).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    self.failed(&format!("reading the log: {error}"));
+                    signal.sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            let (Some(first), Some(last)) = (batch.first().map(|e| e.seq), batch.last().map(|e| e.seq)) else {
+                // Caught up: sleep until a commit moves the head past our cursor.
+                tokio::select! {
+                    _ = head.wait_for(|h| *h > cursor) => {}
+                    _ = signal.triggered() => {}
+                }
+                continue;
+            };
+            let started = Instant::now();
+            let sent = tokio::select! {
+                result = self.post(&batch) => result,
+                // Abandoning the request is safe: the batch is redelivered after restart.
+                _ = signal.triggered() => return,
+            };
+            match sent {
+                Ok(()) => {
+                    cursor = last;
+                    backoff.reset();
+                    if let Err(error) = self.store.acknowledge(name, cursor).await {
+                        // Delivered, but not recorded: after a restart this batch is sent
+                        // again, which consumers skip by seq.
+                        tracing::warn!(subscriber = name, %error, "could not record the cursor");
+                    }
+                    self.update(|s| {
+                        s.cursor = cursor;
+                        s.last_success_at = Some(OffsetDateTime::now_utc());
+                        s.consecutive_failures = 0;
+                    });
+                    tracing::info!(
+                        subscriber = name,
+                        first_seq = first,
+                        last_seq = last,
+                        count = batch.len(),
+                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "delivered"
+                    );
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    self.failed(&error);
+                    tracing::warn!(subscriber = name, first_seq = first, %error, retry_in_ms = delay.as_millis() as u64, "delivery failed");
+                    signal.sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn post(&self, batch: &[StoredEvent]) -> Result<(), String> {
+        let mut body = String::with_capacity(batch.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
+        body.push('[');
+        for (i, event) in batch.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&event.envelope);
+        }
+        body.push(']');
+        let mut request = self
+            .http
+            .post(&self.subscriber.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(token) = &self.settings.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(format!("{} answered {status}: {}", self.subscriber.url, text.chars().take(300).collect::<String>()))
+    }
+
+    fn update(&self, change: impl FnOnce(&mut SubscriptionStatus)) {
+        if let Ok(mut status) = self.status.lock() {
+            change(&mut status);
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        self.update(|s| {
+            s.last_error = Some(error.to_owned());
+            s.last_error_at = Some(OffsetDateTime::now_utc());
+            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+        });
+    }
+}

@@ -1,0 +1,66 @@
+//! The event bus: a durable, replayable log with gap-free sequence numbers, and one
+//! delivery loop per subscriber with a durable cursor.
+
+pub mod config;
+pub mod delivery;
+pub mod routes;
+pub mod store;
+pub mod writer;
+
+use std::time::Duration;
+
+use actix_web::web;
+use common::db;
+use common::http::EventsToken;
+use common::server::{Application, Readiness, ServerSettings, StartError};
+use common::shutdown::Shutdown;
+use sqlx::migrate::Migrator;
+use tokio::sync::watch;
+
+pub use config::BusConfig;
+use routes::BusState;
+use store::Store;
+use writer::LogWriter;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Publishes may carry up to 1 MiB of events.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+pub async fn build(config: BusConfig) -> Result<Application, StartError> {
+    let pool = db::connect(&config.service.database_url, 16, Duration::from_secs(60)).await?;
+    db::migrate(&pool, &MIGRATOR).await?;
+    let store = Store::new(pool.clone());
+    let (head_tx, head) = watch::channel(store.head().await?);
+    let shutdown = Shutdown::new();
+    let (writer, writer_task) = LogWriter::spawn(store.clone(), head_tx, shutdown.signal());
+    let (subscriptions, mut tasks) = delivery::spawn_all(
+        &config.subscribers,
+        &store,
+        &head,
+        &config.delivery,
+        &shutdown.signal(),
+    );
+    tasks.push(writer_task);
+    let state = web::Data::new(BusState {
+        writer,
+        store,
+        head,
+        subscriptions,
+    });
+    let token = EventsToken(config.service.event_bus_token.clone());
+    let mut settings = ServerSettings::on_port(config.service.port);
+    settings.body_limit = BODY_LIMIT;
+    Application::start(
+        settings,
+        Readiness::database(pool),
+        move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(state.clone())
+                .app_data(token.clone())
+                .configure(routes::routes);
+        },
+        shutdown,
+        tasks,
+    )
+    .map_err(StartError::from)
+}

@@ -1,0 +1,10 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    common::server::run_main(
+        "event-bus",
+        event_bus::BusConfig::from_env,
+        |config| config.service.log_format,
+        event_bus::build,
+    )
+    .await
+}

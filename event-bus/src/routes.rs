@@ -1,0 +1,156 @@
+//! The bus's HTTP API: publish, read (replay) the log, and subscription status.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use common::error::ApiError;
+use common::events::{OneOrMany, Publication};
+use common::http::{Authorized, JsonBody};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::delivery::{SharedStatus, SubscriptionStatus};
+use crate::store::Store;
+use crate::writer::{AppendError, LogWriter};
+
+pub struct BusState {
+    pub writer: LogWriter,
+    pub store: Store,
+    pub head: watch::Receiver<i64>,
+    pub subscriptions: Vec<SharedStatus>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events", web::post().to(publish))
+        .route("/events", web::get().to(read_log))
+        .route("/subscriptions", web::get().to(subscriptions));
+}
+
+/// The longest event type name accepted.
+const MAX_TYPE_LEN: usize = 100;
+/// Events per page when streaming the log.
+const PAGE: i64 = 1_000;
+
+async fn publish(
+    _auth: Authorized,
+    state: web::Data<BusState>,
+    JsonBody(OneOrMany(publications)): JsonBody<OneOrMany<Publication>>,
+) -> Result<HttpResponse, ApiError> {
+    for (index, publication) in publications.iter().enumerate() {
+        let kind = publication.kind.as_str();
+        if kind.trim().is_empty() || kind.len() > MAX_TYPE_LEN || kind.chars().any(char::is_control) {
+            return Err(ApiError::Validation {
+                field: "type",
+                message: format!("event {index}: `type` must be 1 to {MAX_TYPE_LEN} printable characters"),
+            });
+        }
+    }
+    let accepted = state.writer.append(publications).await.map_err(|e| match e {
+        AppendError::Database(e) => ApiError::Database(e),
+        AppendError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+    })?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "OK", "events": accepted })))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /events`: the whole log as a JSON array (course-compatible replay), or a page
+/// with `?after=SEQ&limit=N`. Streamed page by page, never collected in memory.
+async fn read_log(_auth: Authorized, req: HttpRequest, state: web::Data<BusState>) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<LogQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
+        .into_inner();
+    let after = query.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::BadRequest("`after` must be 0 or more".into()));
+    }
+    if query.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
+        return Err(ApiError::BadRequest("`limit` must be between 1 and 100000".into()));
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(log_stream(state.store.clone(), after, query.limit)))
+}
+
+struct Cursor {
+    store: Store,
+    after: i64,
+    remaining: Option<i64>,
+    wrote_any: bool,
+    opened: bool,
+    finished: bool,
+}
+
+fn log_stream(store: Store, after: i64, limit: Option<i64>) -> impl Stream<Item = Result<Bytes, ApiError>> {
+    let start = Cursor {
+        store,
+        after,
+        remaining: limit,
+        wrote_any: false,
+        opened: false,
+        finished: false,
+    };
+    futures_util::stream::unfold(start, |mut cursor| async move {
+        if cursor.finished {
+            return None;
+        }
+        let page_size = cursor.remaining.map_or(PAGE, |r| r.min(PAGE));
+        let page = match cursor.store.page_after(cursor.after, page_size).await {
+            Ok(page) => page,
+            Err(error) => {
+                // The response is already under way: ending it early leaves invalid JSON,
+                // which a reader detects, rather than a silently short log.
+                cursor.finished = true;
+                return Some((Err(ApiError::Database(error)), cursor));
+            }
+        };
+        let mut chunk = String::with_capacity(page.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
+        if !cursor.opened {
+            chunk.push('[');
+            cursor.opened = true;
+        }
+        for event in &page {
+            if cursor.wrote_any {
+                chunk.push(',');
+            }
+            chunk.push_str(&event.envelope);
+            cursor.wrote_any = true;
+            cursor.after = event.seq;
+        }
+        if let Some(remaining) = cursor.remaining.as_mut() {
+            *remaining -= page.len() as i64;
+        }
+        if (page.len() as i64) < page_size || cursor.remaining == Some(0) {
+            chunk.push(']');
+            cursor.finished = true;
+        }
+        Some((Ok(Bytes::from(chunk)), cursor))
+    })
+}
+
+#[derive(Serialize)]
+struct SubscriptionView {
+    #[serde(flatten)]
+    status: SubscriptionStatus,
+    lag: i64,
+}
+
+/// `GET /subscriptions`: per subscriber its cursor, lag, last success and last error.
+async fn subscriptions(state: web::Data<BusState>) -> HttpResponse {
+    let head = *state.head.borrow();
+    let subscriptions: Vec<SubscriptionView> = state
+        .subscriptions
+        .iter()
+        .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+        .map(|status| SubscriptionView {
+            lag: head - status.cursor,
+            status,
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "head": head, "subscriptions": subscriptions }))
+}

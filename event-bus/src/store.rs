@@ -1,0 +1,172 @@
+//! All of the bus's SQL: appending to the log, reading it, and subscriber cursors.
+
+use std::collections::HashMap;
+
+use common::bus::Accepted;
+use common::events::{Envelope, Publication};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// One stored event, as the JSON text that is delivered and replayed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub envelope: String,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends publications in order, in one transaction. An id already in the log (or
+    /// earlier in the same call) is not appended again: it answers with its original seq.
+    pub async fn append(&self, publications: Vec<Publication>) -> Result<Vec<Accepted>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // The single-writer lock: held until commit, so seqs commit in order, gap-free.
+        let head: i64 = sqlx::query_scalar("SELECT seq FROM log_head FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let ids: Vec<Uuid> = publications
+            .iter()
+            .map(|p| p.id.unwrap_or_else(Uuid::now_v7))
+            .collect();
+        let mut known: HashMap<Uuid, i64> =
+            sqlx::query_as::<_, (Uuid, i64)>("SELECT id, seq FROM events WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        let now = OffsetDateTime::now_utc();
+        let mut rows = NewRows::with_capacity(publications.len());
+        let mut accepted = Vec::with_capacity(publications.len());
+        let mut next = head;
+        for (publication, id) in publications.into_iter().zip(ids) {
+            if let Some(&seq) = known.get(&id) {
+                accepted.push(Accepted { id, seq, duplicate: true });
+                continue;
+            }
+            next += 1;
+            known.insert(id, next);
+            accepted.push(Accepted { id, seq: next, duplicate: false });
+            let envelope = Envelope {
+                id,
+                seq: next,
+                kind: publication.kind,
+                data: publication.data,
+                source: publication.source,
+                occurred_at: publication.occurred_at.unwrap_or(now),
+                traceparent: publication.traceparent,
+            };
+            rows.push(envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        }
+        if next > head {
+            sqlx::query(
+                "INSERT INTO events (seq, id, type, source, occurred_at, envelope)
+                 SELECT seq, id, type, source, occurred_at, envelope::json
+                 FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+                   AS t(seq, id, type, source, occurred_at, envelope)",
+            )
+            .bind(&rows.seqs)
+            .bind(&rows.ids)
+            .bind(&rows.kinds)
+            .bind(&rows.sources)
+            .bind(&rows.occurred)
+            .bind(&rows.envelopes)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE log_head SET seq = $1")
+                .bind(next)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(accepted)
+    }
+
+    pub async fn head(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT seq FROM log_head")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Up to `limit` events after `after`, in seq order.
+    pub async fn page_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        sqlx::query_as("SELECT seq, envelope::text AS envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Registers a subscriber (or updates its URL) and returns its durable cursor.
+    pub async fn subscribe(&self, name: &str, url: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO subscriptions (name, url) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url
+             RETURNING cursor",
+        )
+        .bind(name)
+        .bind(url)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Records that a subscriber acknowledged everything up to `cursor`. Never moves a
+    /// cursor backwards.
+    pub async fn acknowledge(&self, name: &str, cursor: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE subscriptions SET cursor = GREATEST(cursor, $2), last_success_at = now() WHERE name = $1",
+        )
+        .bind(name)
+        .bind(cursor)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Column-wise rows for one `INSERT … SELECT FROM UNNEST`: one statement per append,
+/// however many events it carries.
+struct NewRows {
+    seqs: Vec<i64>,
+    ids: Vec<Uuid>,
+    kinds: Vec<String>,
+    sources: Vec<Option<String>>,
+    occurred: Vec<OffsetDateTime>,
+    envelopes: Vec<String>,
+}
+
+impl NewRows {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            seqs: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            occurred: Vec::with_capacity(n),
+            envelopes: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, envelope: Envelope) -> Result<(), serde_json::Error> {
+        self.envelopes.push(serde_json::to_string(&envelope)?);
+        self.seqs.push(envelope.seq);
+        self.ids.push(envelope.id);
+        self.kinds.push(envelope.kind);
+        self.sources.push(envelope.source);
+        self.occurred.push(envelope.occurred_at);
+        Ok(())
+    }
+}

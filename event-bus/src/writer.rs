@@ -1,0 +1,115 @@
+//! Group commit: concurrent publishes queue here and one task appends them to the log
+//! together, so many small publishes share one transaction (and one fsync) instead of
+//! queueing on the log_head lock one by one.
+
+use common::bus::Accepted;
+use common::events::Publication;
+use common::shutdown::ShutdownSignal;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::store::Store;
+
+/// Publications appended in one transaction at most (a single larger request still goes
+/// in whole: a publish is all-or-nothing).
+const GROUP_LIMIT: usize = 2_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("the event bus is shutting down")]
+    ShuttingDown,
+}
+
+struct Job {
+    publications: Vec<Publication>,
+    reply: oneshot::Sender<Result<Vec<Accepted>, AppendError>>,
+}
+
+#[derive(Clone)]
+pub struct LogWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl LogWriter {
+    /// Starts the writer task; every commit announces the new head on `head`, which wakes
+    /// the delivery loops.
+    pub fn spawn(store: Store, head: watch::Sender<i64>, signal: ShutdownSignal) -> (Self, JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(1024);
+        let task = tokio::spawn(run(store, head, queue, signal));
+        (Self { jobs }, task)
+    }
+
+    /// Appends and returns once the publications are committed.
+    pub async fn append(&self, publications: Vec<Publication>) -> Result<Vec<Accepted>, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { publications, reply })
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
+    }
+}
+
+async fn run(store: Store, head: watch::Sender<i64>, mut queue: mpsc::Receiver<Job>, mut signal: ShutdownSignal) {
+    loop {
+        let first = tokio::select! {
+            job = queue.recv() => job,
+            _ = signal.triggered() => None,
+        };
+        let Some(first) = first else {
+            break;
+        };
+        commit_group(&store, &head, first, &mut queue).await;
+    }
+    // Requests already queued were accepted by the server before it stopped: commit them.
+    queue.close();
+    while let Some(job) = queue.recv().await {
+        commit_group(&store, &head, job, &mut queue).await;
+    }
+}
+
+async fn commit_group(store: &Store, head: &watch::Sender<i64>, first: Job, queue: &mut mpsc::Receiver<Job>) {
+    let mut total = first.publications.len();
+    let mut group = vec![first];
+    while total < GROUP_LIMIT {
+        match queue.try_recv() {
+            Ok(job) => {
+                total += job.publications.len();
+                group.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    let mut sizes = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    let mut publications = Vec::with_capacity(total);
+    for job in group {
+        sizes.push(job.publications.len());
+        replies.push(job.reply);
+        publications.extend(job.publications);
+    }
+    match store.append(publications).await {
+        Ok(accepted) => {
+            if let Some(last) = accepted.iter().map(|a| a.seq).max() {
+                head.send_if_modified(|current| {
+                    let moved = last > *current;
+                    *current = (*current).max(last);
+                    moved
+                });
+            }
+            let mut rest = accepted.into_iter();
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let _ = reply.send(Ok(rest.by_ref().take(size).collect()));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, events = total, "appending to the log failed");
+            let message = error.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(AppendError::Database(sqlx::Error::Protocol(message.clone()))));
+            }
+        }
+    }
+}
