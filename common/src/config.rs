@@ -143,7 +143,9 @@ pub fn subscribers(env: &Env) -> Result<Vec<Subscriber>, ConfigError> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid_name {
-            return Err(malformed(format!("subscriber name {name:?} must be [A-Za-z0-9_-]+")));
+            return Err(malformed(format!(
+                "subscriber name {name:?} must be [A-Za-z0-9_-]+"
+            )));
         }
         if list.iter().any(|s| s.name == name) {
             return Err(malformed(format!("subscriber {name:?} is listed twice")));
@@ -173,7 +175,10 @@ mod tests {
     fn malformed_port_is_named_with_its_value() {
         let env = Env::from_pairs([("PORT", "forty"), ("DATABASE_URL", "postgres://x")]);
         let err = ServiceConfig::from_env(&env, 4000).unwrap_err();
-        assert!(matches!(err, ConfigError::Malformed { name: "PORT", .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Malformed { name: "PORT", .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("forty"));
     }
 
@@ -196,18 +201,32 @@ mod tests {
         assert_eq!(
             subs,
             vec![
-                Subscriber { name: "query".into(), url: "http://query-srv:4002/events".into() },
-                Subscriber { name: "comments".into(), url: "http://comments-srv:4001/events".into() },
+                Subscriber {
+                    name: "query".into(),
+                    url: "http://query-srv:4002/events".into()
+                },
+                Subscriber {
+                    name: "comments".into(),
+                    url: "http://comments-srv:4001/events".into()
+                },
             ]
         );
     }
 
     #[test]
     fn malformed_subscribers_are_rejected() {
-        for raw in ["query", "query=ftp://x", "a b=http://x", "q=http://x,q=http://y"] {
+        for raw in [
+            "query",
+            "query=ftp://x",
+            "a b=http://x",
+            "q=http://x,q=http://y",
+        ] {
             let env = Env::from_pairs([("EVENT_BUS_SUBSCRIBERS", raw)]);
             let err = subscribers(&env).unwrap_err();
-            assert!(err.to_string().contains("EVENT_BUS_SUBSCRIBERS"), "{raw}: {err}");
+            assert!(
+                err.to_string().contains("EVENT_BUS_SUBSCRIBERS"),
+                "{raw}: {err}"
+            );
         }
     }
 }

@@ -103,7 +103,10 @@ impl<H: EventHandler> Consumer<H> {
     /// Applies a delivered batch: events at or below the cursor are skipped, a hole
     /// before the first new event is filled from the bus, and the cursor moves to the
     /// last applied seq — all in one transaction.
-    pub async fn deliver(&self, mut batch: Vec<Envelope>) -> Result<DeliveryOutcome, ConsumerError> {
+    pub async fn deliver(
+        &self,
+        mut batch: Vec<Envelope>,
+    ) -> Result<DeliveryOutcome, ConsumerError> {
         batch.sort_by_key(|e| e.seq);
         batch.dedup_by_key(|e| e.seq);
         let _serial = self.apply_lock.lock().await;
@@ -125,13 +128,24 @@ impl<H: EventHandler> Consumer<H> {
             while envelope.seq > cursor + 1 {
                 let wanted = (envelope.seq - 1 - cursor).min(PAGE);
                 let missing = self.bus.events_after(cursor, wanted as u32).await?;
-                tracing::info!(from_seq = cursor + 1, to_seq = envelope.seq - 1, fetched = missing.len(), "filling a hole before the delivered events");
+                tracing::info!(
+                    from_seq = cursor + 1,
+                    to_seq = envelope.seq - 1,
+                    fetched = missing.len(),
+                    "filling a hole before the delivered events"
+                );
                 if missing.is_empty() {
-                    return Err(ConsumerError::Hole { expected: cursor + 1, found: None });
+                    return Err(ConsumerError::Hole {
+                        expected: cursor + 1,
+                        found: None,
+                    });
                 }
                 for earlier in missing.iter().take_while(|e| e.seq < envelope.seq) {
                     if earlier.seq != cursor + 1 {
-                        return Err(ConsumerError::Hole { expected: cursor + 1, found: Some(earlier.seq) });
+                        return Err(ConsumerError::Hole {
+                            expected: cursor + 1,
+                            found: Some(earlier.seq),
+                        });
                     }
                     self.apply_one(&mut tx, earlier).await?;
                     cursor = earlier.seq;
@@ -158,7 +172,11 @@ impl<H: EventHandler> Consumer<H> {
         Ok(outcome)
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), sqlx::Error> {
         let started = Instant::now();
         let span = tracing::info_span!(
             "event",
@@ -171,9 +189,16 @@ impl<H: EventHandler> Consumer<H> {
         match envelope.decode() {
             Decoded::Known(event) => {
                 drop(_entered);
-                tracing::Instrument::instrument(self.handler.apply(conn, envelope, event), span.clone()).await?;
+                tracing::Instrument::instrument(
+                    self.handler.apply(conn, envelope, event),
+                    span.clone(),
+                )
+                .await?;
                 span.in_scope(|| {
-                    tracing::info!(latency_ms = started.elapsed().as_secs_f64() * 1000.0, "event applied");
+                    tracing::info!(
+                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "event applied"
+                    );
                 });
             }
             Decoded::Unknown => tracing::debug!("event type not handled here; skipped"),

@@ -34,7 +34,11 @@ pub fn with_shared_migrations(service: &Migrator) -> Migrator {
 }
 
 /// Connects, retrying for up to `wait` while the database is unreachable.
-pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    wait: Duration,
+) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
     let deadline = Instant::now() + wait;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -57,6 +61,9 @@ pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<
 }
 
 /// Runs migrations; sqlx takes an advisory lock, so replicas starting together are safe.
-pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate(
+    pool: &PgPool,
+    migrator: &Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run(pool).await
 }

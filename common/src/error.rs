@@ -58,7 +58,9 @@ impl ApiError {
         use serde_json::error::Category;
         match error.classify() {
             Category::Data => Self::InvalidBody(error.to_string()),
-            Category::Syntax | Category::Eof | Category::Io => Self::MalformedJson(error.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                Self::MalformedJson(error.to_string())
+            }
         }
     }
 }

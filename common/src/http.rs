@@ -54,7 +54,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             }
             let mut body = BytesMut::with_capacity(declared_length.unwrap_or(1024).min(limit));
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+                let chunk =
+                    chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
                 if body.len() + chunk.len() > limit {
                     return Err(ApiError::PayloadTooLarge { limit });
                 }
@@ -80,7 +81,8 @@ fn is_json_content_type(req: &HttpRequest) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Checks `Authorization: Bearer <token>` when a token is configured.
@@ -173,7 +175,9 @@ async fn healthz() -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(readiness: web::Data<crate::server::Readiness>) -> Result<actix_web::HttpResponse, ApiError> {
+async fn readyz(
+    readiness: web::Data<crate::server::Readiness>,
+) -> Result<actix_web::HttpResponse, ApiError> {
     readiness.check().await?;
     Ok(actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
 }
@@ -193,9 +197,7 @@ impl FromRequest for Authorized {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let expected = req
-            .app_data::<EventsToken>()
-            .and_then(|t| t.0.as_deref());
+        let expected = req.app_data::<EventsToken>().and_then(|t| t.0.as_deref());
         ready(require_bearer(req, expected).map(|()| Authorized))
     }
 }

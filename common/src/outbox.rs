@@ -136,7 +136,8 @@ impl OutboxRelay {
             tx.commit().await?;
             return Ok(0);
         }
-        let mut body = String::with_capacity(rows.iter().map(|(_, p)| p.len() + 1).sum::<usize>() + 2);
+        let mut body =
+            String::with_capacity(rows.iter().map(|(_, p)| p.len() + 1).sum::<usize>() + 2);
         body.push('[');
         for (i, (_, publication)) in rows.iter().enumerate() {
             if i > 0 {
@@ -155,13 +156,20 @@ impl OutboxRelay {
             .await?;
         tx.commit().await?;
         if let (Some(first), Some(last)) = (accepted.first(), accepted.last()) {
-            tracing::debug!(count = rows.len(), first_seq = first.seq, last_seq = last.seq, "outbox relay: published");
+            tracing::debug!(
+                count = rows.len(),
+                first_seq = first.seq,
+                last_seq = last.seq,
+                "outbox relay: published"
+            );
         }
         Ok(rows.len())
     }
 
     /// Rows still waiting to be published.
     pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(pool).await
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(pool)
+            .await
     }
 }

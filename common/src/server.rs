@@ -53,7 +53,9 @@ impl Readiness {
 
     pub async fn check(&self) -> Result<(), ApiError> {
         if !self.is_marked_ready() {
-            return Err(ApiError::Unavailable("still catching up with the event bus".into()));
+            return Err(ApiError::Unavailable(
+                "still catching up with the event bus".into(),
+            ));
         }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -90,7 +90,11 @@ mod tests {
 
     #[test]
     fn malformed_traceparents_are_rejected() {
-        for raw in ["", "00-abc-def-01", "00-00000000000000000000000000000000-0000000000000001-01"] {
+        for raw in [
+            "",
+            "00-abc-def-01",
+            "00-00000000000000000000000000000000-0000000000000001-01",
+        ] {
             assert_eq!(TraceParent::parse(raw), None, "{raw}");
         }
     }

@@ -1,6 +1,8 @@
 //! Pins the JSON of every event type and of the envelope: the wire contract with the
 //! course's services and between ours.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 use common::events::*;
 use serde_json::json;
 
@@ -12,7 +14,10 @@ fn round_trip(event: Event, expected: serde_json::Value) {
 #[test]
 fn post_created_json_is_pinned() {
     round_trip(
-        Event::PostCreated(PostCreated { id: "p1".into(), title: "Hello".into() }),
+        Event::PostCreated(PostCreated {
+            id: "p1".into(),
+            title: "Hello".into(),
+        }),
         json!({"type": "PostCreated", "data": {"id": "p1", "title": "Hello"}}),
     );
 }
@@ -62,14 +67,17 @@ fn a_course_comment_updated_without_version_parses_as_version_zero() {
     let event: Event = serde_json::from_value(json!({"type": "CommentUpdated",
         "data": {"id": "c1", "postId": "p1", "content": "x", "status": "approved"}}))
     .unwrap();
-    let Event::CommentUpdated(updated) = event else { panic!("wrong type") };
+    let Event::CommentUpdated(updated) = event else {
+        panic!("wrong type")
+    };
     assert_eq!(updated.version, 0);
 }
 
 #[test]
 fn a_bare_course_event_is_a_valid_publication() {
     let publication: Publication =
-        serde_json::from_value(json!({"type": "PostCreated", "data": {"id": "abc", "title": "t"}})).unwrap();
+        serde_json::from_value(json!({"type": "PostCreated", "data": {"id": "abc", "title": "t"}}))
+            .unwrap();
     assert_eq!(publication.kind, "PostCreated");
     assert_eq!(publication.id, None);
     assert_eq!(publication.occurred_at, None);
@@ -78,13 +86,23 @@ fn a_bare_course_event_is_a_valid_publication() {
 
 #[test]
 fn a_publication_from_our_services_carries_id_source_time_and_trace() {
-    let event = Event::PostCreated(PostCreated { id: "p1".into(), title: "T".into() });
-    let publication = Publication::new(&event, "posts", Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()));
+    let event = Event::PostCreated(PostCreated {
+        id: "p1".into(),
+        title: "T".into(),
+    });
+    let publication = Publication::new(
+        &event,
+        "posts",
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    );
     let value = serde_json::to_value(&publication).unwrap();
     assert_eq!(value["type"], "PostCreated");
     assert_eq!(value["data"], json!({"id": "p1", "title": "T"}));
     assert_eq!(value["source"], "posts");
-    assert_eq!(value["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    assert_eq!(
+        value["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
     let id: uuid::Uuid = value["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(id.get_version_num(), 7);
     assert!(value["occurredAt"].as_str().unwrap().ends_with('Z'));
@@ -133,10 +151,18 @@ fn a_known_type_with_bad_data_decodes_as_malformed() {
 fn one_or_many_takes_an_object_or_an_array() {
     let one: OneOrMany<Publication> = serde_json::from_str(r#"{"type":"A","data":{}}"#).unwrap();
     assert_eq!(one.0.len(), 1);
-    let many: OneOrMany<Publication> = serde_json::from_str(r#"[{"type":"A","data":{}},{"type":"B","data":{}}]"#).unwrap();
-    assert_eq!(many.0.iter().map(|p| p.kind.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+    let many: OneOrMany<Publication> =
+        serde_json::from_str(r#"[{"type":"A","data":{}},{"type":"B","data":{}}]"#).unwrap();
+    assert_eq!(
+        many.0.iter().map(|p| p.kind.as_str()).collect::<Vec<_>>(),
+        ["A", "B"]
+    );
     let error = serde_json::from_str::<OneOrMany<Publication>>(r#"{"data":{}}"#).unwrap_err();
-    assert!(error.to_string().contains("missing field `type`"), "{error}");
-    let error = serde_json::from_str::<OneOrMany<Publication>>(r#"{"type":"A","data":[]}"#).unwrap_err();
+    assert!(
+        error.to_string().contains("missing field `type`"),
+        "{error}"
+    );
+    let error =
+        serde_json::from_str::<OneOrMany<Publication>>(r#"{"type":"A","data":[]}"#).unwrap_err();
     assert!(error.to_string().contains("invalid type"), "{error}");
 }

@@ -104,7 +104,11 @@ impl Delivery {
         self.update(|s| s.cursor = cursor);
         tracing::info!(subscriber = name, cursor, "delivery loop started");
         while !signal.is_triggered() {
-            let batch = match self.store.page_after(cursor, self.settings.batch_size).await {
+            let batch = match self
+                .store
+                .page_after(cursor, self.settings.batch_size)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(error) => {
                     self.failed(&format!("reading the log: {error}"));
@@ -112,7 +116,9 @@ impl Delivery {
                     continue;
                 }
             };
-            let (Some(first), Some(last)) = (batch.first().map(|e| e.seq), batch.last().map(|e| e.seq)) else {
+            let (Some(first), Some(last)) =
+                (batch.first().map(|e| e.seq), batch.last().map(|e| e.seq))
+            else {
                 // Caught up: sleep until a commit moves the head past our cursor.
                 tokio::select! {
                     _ = head.wait_for(|h| *h > cursor) => {}
@@ -160,7 +166,8 @@ impl Delivery {
     }
 
     async fn post(&self, batch: &[StoredEvent]) -> Result<(), String> {
-        let mut body = String::with_capacity(batch.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
+        let mut body =
+            String::with_capacity(batch.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
         body.push('[');
         for (i, event) in batch.iter().enumerate() {
             if i > 0 {
@@ -183,7 +190,11 @@ impl Delivery {
             return Ok(());
         }
         let text = response.text().await.unwrap_or_default();
-        Err(format!("{} answered {status}: {}", self.subscriber.url, text.chars().take(300).collect::<String>()))
+        Err(format!(
+            "{} answered {status}: {}",
+            self.subscriber.url,
+            text.chars().take(300).collect::<String>()
+        ))
     }
 
     fn update(&self, change: impl FnOnce(&mut SubscriptionStatus)) {

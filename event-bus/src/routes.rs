@@ -39,17 +39,24 @@ async fn publish(
 ) -> Result<HttpResponse, ApiError> {
     for (index, publication) in publications.iter().enumerate() {
         let kind = publication.kind.as_str();
-        if kind.trim().is_empty() || kind.len() > MAX_TYPE_LEN || kind.chars().any(char::is_control) {
+        if kind.trim().is_empty() || kind.len() > MAX_TYPE_LEN || kind.chars().any(char::is_control)
+        {
             return Err(ApiError::Validation {
                 field: "type",
-                message: format!("event {index}: `type` must be 1 to {MAX_TYPE_LEN} printable characters"),
+                message: format!(
+                    "event {index}: `type` must be 1 to {MAX_TYPE_LEN} printable characters"
+                ),
             });
         }
     }
-    let accepted = state.writer.append(publications).await.map_err(|e| match e {
-        AppendError::Database(e) => ApiError::Database(e),
-        AppendError::ShuttingDown => ApiError::Unavailable(e.to_string()),
-    })?;
+    let accepted = state
+        .writer
+        .append(publications)
+        .await
+        .map_err(|e| match e {
+            AppendError::Database(e) => ApiError::Database(e),
+            AppendError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+        })?;
     Ok(HttpResponse::Ok().json(json!({ "status": "OK", "events": accepted })))
 }
 
@@ -61,7 +68,11 @@ struct LogQuery {
 
 /// `GET /events`: the whole log as a JSON array (course-compatible replay), or a page
 /// with `?after=SEQ&limit=N`. Streamed page by page, never collected in memory.
-async fn read_log(_auth: Authorized, req: HttpRequest, state: web::Data<BusState>) -> Result<HttpResponse, ApiError> {
+async fn read_log(
+    _auth: Authorized,
+    req: HttpRequest,
+    state: web::Data<BusState>,
+) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<LogQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
         .into_inner();
@@ -70,7 +81,9 @@ async fn read_log(_auth: Authorized, req: HttpRequest, state: web::Data<BusState
         return Err(ApiError::BadRequest("`after` must be 0 or more".into()));
     }
     if query.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
-        return Err(ApiError::BadRequest("`limit` must be between 1 and 100000".into()));
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 100000".into(),
+        ));
     }
     Ok(HttpResponse::Ok()
         .content_type("application/json")
@@ -86,7 +99,11 @@ struct Cursor {
     finished: bool,
 }
 
-fn log_stream(store: Store, after: i64, limit: Option<i64>) -> impl Stream<Item = Result<Bytes, ApiError>> {
+fn log_stream(
+    store: Store,
+    after: i64,
+    limit: Option<i64>,
+) -> impl Stream<Item = Result<Bytes, ApiError>> {
     let start = Cursor {
         store,
         after,
@@ -109,7 +126,8 @@ fn log_stream(store: Store, after: i64, limit: Option<i64>) -> impl Stream<Item 
                 return Some((Err(ApiError::Database(error)), cursor));
             }
         };
-        let mut chunk = String::with_capacity(page.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
+        let mut chunk =
+            String::with_capacity(page.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
         if !cursor.opened {
             chunk.push('[');
             cursor.opened = true;

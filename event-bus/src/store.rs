@@ -31,7 +31,10 @@ impl Store {
 
     /// Appends publications in order, in one transaction. An id already in the log (or
     /// earlier in the same call) is not appended again: it answers with its original seq.
-    pub async fn append(&self, publications: Vec<Publication>) -> Result<Vec<Accepted>, sqlx::Error> {
+    pub async fn append(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Result<Vec<Accepted>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // The single-writer lock: held until commit, so seqs commit in order, gap-free.
         let head: i64 = sqlx::query_scalar("SELECT seq FROM log_head FOR UPDATE")
@@ -54,12 +57,20 @@ impl Store {
         let mut next = head;
         for (publication, id) in publications.into_iter().zip(ids) {
             if let Some(&seq) = known.get(&id) {
-                accepted.push(Accepted { id, seq, duplicate: true });
+                accepted.push(Accepted {
+                    id,
+                    seq,
+                    duplicate: true,
+                });
                 continue;
             }
             next += 1;
             known.insert(id, next);
-            accepted.push(Accepted { id, seq: next, duplicate: false });
+            accepted.push(Accepted {
+                id,
+                seq: next,
+                duplicate: false,
+            });
             let envelope = Envelope {
                 id,
                 seq: next,
@@ -69,7 +80,8 @@ impl Store {
                 occurred_at: publication.occurred_at.unwrap_or(now),
                 traceparent: publication.traceparent,
             };
-            rows.push(envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            rows.push(envelope)
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         }
         if next > head {
             sqlx::query(
@@ -102,7 +114,11 @@ impl Store {
     }
 
     /// Up to `limit` events after `after`, in seq order.
-    pub async fn page_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    pub async fn page_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
         sqlx::query_as("SELECT seq, envelope::text AS envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
             .bind(after)
             .bind(limit)

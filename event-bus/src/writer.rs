@@ -35,24 +35,39 @@ pub struct LogWriter {
 impl LogWriter {
     /// Starts the writer task; every commit announces the new head on `head`, which wakes
     /// the delivery loops.
-    pub fn spawn(store: Store, head: watch::Sender<i64>, signal: ShutdownSignal) -> (Self, JoinHandle<()>) {
+    pub fn spawn(
+        store: Store,
+        head: watch::Sender<i64>,
+        signal: ShutdownSignal,
+    ) -> (Self, JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(1024);
         let task = tokio::spawn(run(store, head, queue, signal));
         (Self { jobs }, task)
     }
 
     /// Appends and returns once the publications are committed.
-    pub async fn append(&self, publications: Vec<Publication>) -> Result<Vec<Accepted>, AppendError> {
+    pub async fn append(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Result<Vec<Accepted>, AppendError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { publications, reply })
+            .send(Job {
+                publications,
+                reply,
+            })
             .await
             .map_err(|_| AppendError::ShuttingDown)?;
         answer.await.map_err(|_| AppendError::ShuttingDown)?
     }
 }
 
-async fn run(store: Store, head: watch::Sender<i64>, mut queue: mpsc::Receiver<Job>, mut signal: ShutdownSignal) {
+async fn run(
+    store: Store,
+    head: watch::Sender<i64>,
+    mut queue: mpsc::Receiver<Job>,
+    mut signal: ShutdownSignal,
+) {
     loop {
         let first = tokio::select! {
             job = queue.recv() => job,
@@ -70,7 +85,12 @@ async fn run(store: Store, head: watch::Sender<i64>, mut queue: mpsc::Receiver<J
     }
 }
 
-async fn commit_group(store: &Store, head: &watch::Sender<i64>, first: Job, queue: &mut mpsc::Receiver<Job>) {
+async fn commit_group(
+    store: &Store,
+    head: &watch::Sender<i64>,
+    first: Job,
+    queue: &mut mpsc::Receiver<Job>,
+) {
     let mut total = first.publications.len();
     let mut group = vec![first];
     while total < GROUP_LIMIT {
@@ -108,7 +128,9 @@ async fn commit_group(store: &Store, head: &watch::Sender<i64>, first: Job, queu
             tracing::error!(%error, events = total, "appending to the log failed");
             let message = error.to_string();
             for reply in replies {
-                let _ = reply.send(Err(AppendError::Database(sqlx::Error::Protocol(message.clone()))));
+                let _ = reply.send(Err(AppendError::Database(sqlx::Error::Protocol(
+                    message.clone(),
+                ))));
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Delivery guarantees: every subscriber gets every event exactly once, in seq order,
 //! whatever the subscribers, the bus or concurrent publishers do.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 mod support;
 
 use std::sync::Arc;
@@ -14,11 +16,22 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_subscribers_each_receive_a_thousand_events_once_in_seq_order() {
     let db = test_db().await;
-    let subscribers = [RecordingSubscriber::start(), RecordingSubscriber::start(), RecordingSubscriber::start()];
-    let bus = start_bus(&db, BusOptions {
-        subscribers: vec![("a", subscribers[0].url()), ("b", subscribers[1].url()), ("c", subscribers[2].url())],
-        ..Default::default()
-    })
+    let subscribers = [
+        RecordingSubscriber::start(),
+        RecordingSubscriber::start(),
+        RecordingSubscriber::start(),
+    ];
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![
+                ("a", subscribers[0].url()),
+                ("b", subscribers[1].url()),
+                ("c", subscribers[2].url()),
+            ],
+            ..Default::default()
+        },
+    )
     .await;
     let client = bus.client();
     // Single events from 4 concurrent publishers, so group commit is exercised too.
@@ -27,7 +40,10 @@ async fn three_subscribers_each_receive_a_thousand_events_once_in_seq_order() {
         let client = client.clone();
         publishers.push(tokio::spawn(async move {
             for i in 0..250 {
-                client.publish(&[numbered(p * 250 + i)]).await.expect("publish");
+                client
+                    .publish(&[numbered(p * 250 + i)])
+                    .await
+                    .expect("publish");
             }
         }));
     }
@@ -35,11 +51,18 @@ async fn three_subscribers_each_receive_a_thousand_events_once_in_seq_order() {
         publisher.await.unwrap();
     }
     for (i, subscriber) in subscribers.iter().enumerate() {
-        eventually(WAIT, "every subscriber has 1000 events", || async { subscriber.count() >= 1000 }).await;
+        eventually(WAIT, "every subscriber has 1000 events", || async {
+            subscriber.count() >= 1000
+        })
+        .await;
         assert_in_order_once(&subscriber.seqs(), 1000, &format!("subscriber {i}"));
     }
     // Every event published arrived with its data intact.
-    let mut numbers: Vec<i64> = subscribers[0].received().iter().map(|e| e.data["n"].as_i64().unwrap()).collect();
+    let mut numbers: Vec<i64> = subscribers[0]
+        .received()
+        .iter()
+        .map(|e| e.data["n"].as_i64().unwrap())
+        .collect();
     numbers.sort();
     assert_eq!(numbers, (0..1000).collect::<Vec<i64>>());
     bus.stop().await;
@@ -53,11 +76,18 @@ async fn sick_subscribers_get_every_event_in_order_after_recovery_while_healthy_
     let healthy = RecordingSubscriber::start();
     failing.set_mode(SubscriberMode::Fail(500));
     refusing.go_down().await;
-    let bus = start_bus(&db, BusOptions {
-        subscribers: vec![("failing", failing.url()), ("refusing", refusing.url()), ("healthy", healthy.url())],
-        batch_size: 50,
-        ..Default::default()
-    })
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![
+                ("failing", failing.url()),
+                ("refusing", refusing.url()),
+                ("healthy", healthy.url()),
+            ],
+            batch_size: 50,
+            ..Default::default()
+        },
+    )
     .await;
     let client = bus.client();
     let batch: Vec<_> = (0..300).map(numbered).collect();
@@ -65,18 +95,45 @@ async fn sick_subscribers_get_every_event_in_order_after_recovery_while_healthy_
         client.publish(chunk).await.expect("publish");
     }
     // The healthy subscriber finishes while the others are still sick.
-    eventually(WAIT, "healthy subscriber has all 300", || async { healthy.count() >= 300 }).await;
+    eventually(WAIT, "healthy subscriber has all 300", || async {
+        healthy.count() >= 300
+    })
+    .await;
     assert_in_order_once(&healthy.seqs(), 300, "healthy");
     assert_eq!(failing.count(), 0);
     assert_eq!(refusing.count(), 0);
 
-    let status: serde_json::Value = reqwest::get(format!("{}/subscriptions", bus.url())).await.unwrap().json().await.unwrap();
-    let by_name = |name: &str| status["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap().clone();
-    assert_eq!(status["head"], 300);
-    assert_eq!(by_name("healthy")["lag"], 0);
-    assert_eq!(by_name("failing")["lag"], 300);
-    assert!(by_name("failing")["lastError"].as_str().unwrap().contains("500"));
-    assert!(by_name("refusing")["lastError"].is_string());
+    // The status page tells who is behind and why (it is updated just after each
+    // acknowledgement, so wait for it to settle).
+    let status_url = format!("{}/subscriptions", bus.url());
+    let subscription = |status: &serde_json::Value, name: &str| {
+        status["subscriptions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually(
+        WAIT,
+        "status shows the healthy one caught up, the sick ones behind with errors",
+        || async {
+            let status: serde_json::Value = reqwest::get(&status_url)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status["head"] == 300
+                && subscription(&status, "healthy")["lag"] == 0
+                && subscription(&status, "failing")["lag"] == 300
+                && subscription(&status, "failing")["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("500"))
+                && subscription(&status, "refusing")["lag"] == 300
+                && subscription(&status, "refusing")["lastError"].is_string()
+        },
+    )
+    .await;
 
     failing.set_mode(SubscriberMode::Accept);
     refusing.come_back();
@@ -93,7 +150,11 @@ async fn sick_subscribers_get_every_event_in_order_after_recovery_while_healthy_
 async fn bus_restarted_mid_stream_loses_nothing_and_reorders_nothing() {
     let db = test_db().await;
     let subscriber = RecordingSubscriber::start();
-    let options = || BusOptions { subscribers: vec![("sub", subscriber.url())], batch_size: 20, ..Default::default() };
+    let options = || BusOptions {
+        subscribers: vec![("sub", subscriber.url())],
+        batch_size: 20,
+        ..Default::default()
+    };
     let bus = start_bus(&db, options()).await;
     let first_half: Vec<_> = (0..400).map(numbered).collect();
     let client = bus.client();
@@ -101,7 +162,10 @@ async fn bus_restarted_mid_stream_loses_nothing_and_reorders_nothing() {
         client.publish(chunk).await.expect("publish");
     }
     // Stop while deliveries are still under way.
-    eventually(WAIT, "some deliveries happened", || async { subscriber.count() >= 20 }).await;
+    eventually(WAIT, "some deliveries happened", || async {
+        subscriber.count() >= 20
+    })
+    .await;
     bus.stop().await;
     let delivered_before_restart = subscriber.count();
 
@@ -132,8 +196,13 @@ async fn bus_restarted_mid_stream_loses_nothing_and_reorders_nothing() {
         }
     }
     assert_eq!(seen, 800);
-    assert!(redelivered.len() <= 20, "redelivered more than one batch: {redelivered:?}");
-    assert!(redelivered.iter().all(|&s| s as usize <= delivered_before_restart));
+    assert!(
+        redelivered.len() <= 20,
+        "redelivered more than one batch: {redelivered:?}"
+    );
+    assert!(redelivered
+        .iter()
+        .all(|&s| s as usize <= delivered_before_restart));
     assert_eq!(whole_log(&bus).await.len(), 800);
     bus.stop().await;
 }
@@ -142,11 +211,14 @@ async fn bus_restarted_mid_stream_loses_nothing_and_reorders_nothing() {
 async fn eight_concurrent_publishers_make_a_gap_free_log_that_every_subscriber_reads_in_order() {
     let db = test_db().await;
     let subscribers = Arc::new([RecordingSubscriber::start(), RecordingSubscriber::start()]);
-    let bus = start_bus(&db, BusOptions {
-        subscribers: vec![("one", subscribers[0].url()), ("two", subscribers[1].url())],
-        batch_size: 64,
-        ..Default::default()
-    })
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![("one", subscribers[0].url()), ("two", subscribers[1].url())],
+            batch_size: 64,
+            ..Default::default()
+        },
+    )
     .await;
     let mut publishers = Vec::new();
     for p in 0..8 {
@@ -169,9 +241,16 @@ async fn eight_concurrent_publishers_make_a_gap_free_log_that_every_subscriber_r
     }
     let log = whole_log(&bus).await;
     let seqs: Vec<i64> = log.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-    assert_eq!(seqs, (1..=4000).collect::<Vec<i64>>(), "the log has a hole or is out of order");
+    assert_eq!(
+        seqs,
+        (1..=4000).collect::<Vec<i64>>(),
+        "the log has a hole or is out of order"
+    );
     for (i, subscriber) in subscribers.iter().enumerate() {
-        eventually(WAIT, "every subscriber has 4000 events", || async { subscriber.count() >= 4000 }).await;
+        eventually(WAIT, "every subscriber has 4000 events", || async {
+            subscriber.count() >= 4000
+        })
+        .await;
         assert_in_order_once(&subscriber.seqs(), 4000, &format!("subscriber {i}"));
     }
     bus.stop().await;

@@ -38,11 +38,20 @@ pub fn shared_cluster_url() -> io::Result<String> {
 }
 
 fn open_lock(path: &Path) -> io::Result<File> {
-    File::options().create(true).truncate(false).read(true).write(true).open(path)
+    File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
 }
 
 fn running_port(base: &Path) -> Option<u16> {
-    let port: u16 = fs::read_to_string(base.join("port")).ok()?.trim().parse().ok()?;
+    let port: u16 = fs::read_to_string(base.join("port"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     TcpStream::connect(("127.0.0.1", port)).ok().map(|_| port)
 }
 
@@ -56,18 +65,28 @@ fn reaper_alive(base: &Path) -> bool {
 fn start(base: &Path) -> io::Result<u16> {
     let data = base.join("data");
     if data.exists() {
-        let _ = pg_command("pg_ctl")?
-            .args(["-D", &path_str(&data), "-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = stop(&data);
         fs::remove_dir_all(&data)?;
     }
-    fs::create_dir(&data)?;
-    chown_to_postgres(&data)?;
+    let port = free_port()?;
+    // Durability is pointless for a cluster deleted after the run; speed is not.
+    init_and_start(
+        &data,
+        port,
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
+    )?;
+    fs::write(base.join("port"), port.to_string())?;
+    Ok(port)
+}
+
+/// Creates a cluster in `data` (which must not exist) and starts it on 127.0.0.1:`port`
+/// with the extra server `options`; trust authentication for user `postgres`.
+pub fn init_and_start(data: &Path, port: u16, options: &str) -> io::Result<()> {
+    fs::create_dir_all(data)?;
+    chown_to_postgres(data)?;
     run(pg_command("initdb")?.args([
         "-D",
-        &path_str(&data),
+        &path_str(data),
         "-U",
         "postgres",
         "-A",
@@ -77,16 +96,13 @@ fn start(base: &Path) -> io::Result<u16> {
         "--no-sync",
         "--no-instructions",
     ]))?;
-    let port = free_port()?;
-    // Durability is pointless for a cluster deleted after the run; speed is not.
     let options = format!(
-        "-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB",
-        data = path_str(&data)
+        "-p {port} -k {data} -c listen_addresses=127.0.0.1 -c shared_buffers=128MB {options}",
+        data = path_str(data)
     );
     run(pg_command("pg_ctl")?.args([
         "-D",
-        &path_str(&data),
+        &path_str(data),
         "-l",
         &path_str(&data.join("server.log")),
         "-w",
@@ -95,9 +111,12 @@ fn start(base: &Path) -> io::Result<u16> {
         "-o",
         &options,
         "start",
-    ]))?;
-    fs::write(base.join("port"), port.to_string())?;
-    Ok(port)
+    ]))
+}
+
+/// Stops the cluster in `data` at once (its contents are about to be deleted).
+pub fn stop(data: &Path) -> io::Result<()> {
+    run(pg_command("pg_ctl")?.args(["-D", &path_str(data), "-m", "immediate", "stop"]))
 }
 
 fn spawn_reaper(base: &Path) -> io::Result<()> {
@@ -131,7 +150,7 @@ done"#
     Err(io::Error::other("the test cluster's reaper did not start"))
 }
 
-fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -153,7 +172,9 @@ fn run(command: &mut Command) -> io::Result<()> {
 }
 
 fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// A PostgreSQL binary: on PATH, or in Debian's versioned directory.
@@ -167,7 +188,11 @@ pub fn pg_binary(name: &str) -> io::Result<PathBuf> {
         return Ok(found);
     }
     let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .map(|dir| dir.filter_map(|e| e.ok()).map(|e| e.path().join("bin").join(name)).collect())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     versions.into_iter().rev().find(|p| p.is_file()).ok_or_else(|| {

@@ -1,7 +1,7 @@
 //! Test support (feature `test-support`): a fresh database per test on a throwaway
 //! cluster, a recording subscriber, and waiting on conditions with deadlines.
 
-mod cluster;
+pub mod cluster;
 mod subscriber;
 
 use std::future::Future;
@@ -46,21 +46,35 @@ pub fn server_url() -> String {
 impl TestDatabase {
     /// A fresh database with `migrator`'s schema.
     pub async fn new(migrator: &Migrator) -> Self {
+        // A stuck server must fail the test with a reason, not hang it.
+        tokio::time::timeout(Duration::from_secs(60), Self::create(migrator))
+            .await
+            .expect("creating a test database took over 60 s")
+    }
+
+    async fn create(migrator: &Migrator) -> Self {
         let server = server_url();
         let template = ensure_template(&server, migrator).await;
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
         let mut admin = admin_connection(&server).await;
-        sqlx::query(&format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+        sqlx::query(&format!(
+            r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
         let url = format!("{server}/{name}");
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .connect(&url)
             .await
             .expect("connect to test database");
-        Self { url, pool, name, server }
+        Self {
+            url,
+            pool,
+            name,
+            server,
+        }
     }
 }
 
@@ -70,9 +84,14 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop cannot await; a short-lived runtime on its own thread does the DROP.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(async {
-                let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.ok()?;
+                let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+                    .await
+                    .ok()?;
                 sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
                     .execute(&mut admin)
                     .await
@@ -104,18 +123,22 @@ async fn ensure_template(server: &str, migrator: &Migrator) -> String {
         .execute(&mut admin)
         .await
         .expect("template lock");
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&template)
-        .fetch_one(&mut admin)
-        .await
-        .expect("look up template");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await
+            .expect("look up template");
     if !exists {
         let building = format!("{template}_building");
         for statement in [
             format!(r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#),
             format!(r#"CREATE DATABASE "{building}""#),
         ] {
-            sqlx::query(&statement).execute(&mut admin).await.expect("create template");
+            sqlx::query(&statement)
+                .execute(&mut admin)
+                .await
+                .expect("create template");
         }
         let pool = PgPoolOptions::new()
             .max_connections(1)
@@ -124,10 +147,14 @@ async fn ensure_template(server: &str, migrator: &Migrator) -> String {
             .expect("connect to template");
         migrator.run(&pool).await.expect("migrate template");
         pool.close().await;
-        sqlx::query(&format!(r#"ALTER DATABASE "{building}" RENAME TO "{template}""#))
-            .execute(&mut admin)
-            .await
-            .expect("publish template");
+        // The migrator's backend may still be exiting after close: rename once it has.
+        let rename = format!(r#"ALTER DATABASE "{building}" RENAME TO "{template}""#);
+        let mut attempts = 0;
+        while let Err(error) = sqlx::query(&rename).execute(&mut admin).await {
+            attempts += 1;
+            assert!(attempts < 500, "publish template: {error}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(key as i64)
@@ -148,7 +175,10 @@ where
         if condition().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

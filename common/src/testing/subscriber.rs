@@ -91,7 +91,13 @@ impl RecordingSubscriber {
     }
 
     pub fn seqs(&self) -> Vec<i64> {
-        self.state.lock().expect("state lock").received.iter().map(|e| e.seq).collect()
+        self.state
+            .lock()
+            .expect("state lock")
+            .received
+            .iter()
+            .map(|e| e.seq)
+            .collect()
     }
 
     pub fn count(&self) -> usize {
@@ -117,7 +123,8 @@ async fn receive(
     let current = *mode.lock().expect("mode lock");
     if let SubscriberMode::Fail(status) = current {
         return HttpResponse::build(
-            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
+            actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
         )
         .finish();
     }

@@ -1,5 +1,6 @@
 //! Starting the real bus app on port 0 against a fresh database, and publishing to it.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 use std::time::Duration;
 
@@ -29,7 +30,10 @@ impl RunningBus {
     /// Graceful stop, as SIGTERM: in-flight publishes finish, loops stop.
     pub async fn stop(self) {
         self.stop.stop();
-        self.task.await.expect("bus task").expect("bus stopped cleanly");
+        self.task
+            .await
+            .expect("bus task")
+            .expect("bus stopped cleanly");
     }
 }
 
@@ -47,7 +51,12 @@ pub struct BusOptions<'a> {
 
 impl Default for BusOptions<'_> {
     fn default() -> Self {
-        Self { subscribers: Vec::new(), token: None, batch_size: 100, port: 0 }
+        Self {
+            subscribers: Vec::new(),
+            token: None,
+            batch_size: 100,
+            port: 0,
+        }
     }
 }
 
@@ -94,7 +103,10 @@ pub async fn publish_until_accepted(client: &BusClient, batch: &[Publication]) -
         match client.publish(batch).await {
             Ok(accepted) => return accepted,
             Err(error) => {
-                assert!(std::time::Instant::now() < deadline, "bus never accepted: {error}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "bus never accepted: {error}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -113,6 +125,14 @@ pub async fn whole_log(bus: &RunningBus) -> Vec<serde_json::Value> {
 /// Asserts `seqs` is exactly 1..=n in order.
 pub fn assert_in_order_once(seqs: &[i64], n: usize, who: &str) {
     let expected: Vec<i64> = (1..=n as i64).collect();
-    assert_eq!(seqs.len(), n, "{who} received {} events, expected {n}", seqs.len());
-    assert!(seqs == expected.as_slice(), "{who} received events out of order or twice");
+    assert_eq!(
+        seqs.len(),
+        n,
+        "{who} received {} events, expected {n}",
+        seqs.len()
+    );
+    assert!(
+        seqs == expected.as_slice(),
+        "{who} received events out of order or twice"
+    );
 }

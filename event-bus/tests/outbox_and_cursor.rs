@@ -1,0 +1,289 @@
+//! The shared crate's producer and consumer halves against a real bus: the outbox relay
+//! publishes in order once the bus is up, and the consumer cursor applies each event
+//! exactly once, in order, filling holes from the bus.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::consumer::{Consumer, EventHandler};
+use common::events::{Envelope, Event, PostCreated, Publication};
+use common::outbox::{self, OutboxRelay};
+use common::server::{Application, Readiness, ServerSettings};
+use common::shutdown::Shutdown;
+use common::testing::{eventually, TestDatabase};
+use sqlx::{PgConnection, PgPool};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A service database: the shared tables plus a table that records what was applied.
+async fn service_db() -> TestDatabase {
+    let db = TestDatabase::new(&common::db::SHARED_MIGRATIONS).await;
+    sqlx::query("CREATE TABLE applied (position BIGSERIAL PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, title TEXT NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db
+}
+
+struct RecordPosts;
+
+impl EventHandler for RecordPosts {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), sqlx::Error> {
+        if let Event::PostCreated(post) = event {
+            sqlx::query("INSERT INTO applied (seq, title) VALUES ($1, $2)")
+                .bind(envelope.seq)
+                .bind(post.title)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn post(n: usize) -> Publication {
+    Publication::new(
+        &Event::PostCreated(PostCreated {
+            id: format!("p{n}"),
+            title: n.to_string(),
+        }),
+        "test",
+        None,
+    )
+}
+
+async fn applied_seqs(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT seq FROM applied ORDER BY position")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_rows_written_while_the_bus_is_down_are_published_in_order_once_it_is_up() {
+    let bus_db = test_db().await;
+    let producer = service_db().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = common::bus::BusClient::new(&format!("http://127.0.0.1:{port}"), None);
+    let publications: Vec<_> = (0..120).map(post).collect();
+    for publication in &publications {
+        let mut tx = producer.pool.begin().await.unwrap();
+        outbox::append(&mut tx, publication).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let relay = OutboxRelay::new(producer.pool.clone(), client);
+    let waker = relay.waker();
+    let shutdown = Shutdown::new();
+    let relay_task = relay.spawn(shutdown.signal());
+    // The bus is down: the relay fails, keeps the rows, and retries.
+    let no_bus = OutboxRelay::new(
+        producer.pool.clone(),
+        common::bus::BusClient::new(&format!("http://127.0.0.1:{port}"), None),
+    );
+    assert!(no_bus.publish_batch().await.is_err());
+    assert_eq!(OutboxRelay::pending(&producer.pool).await.unwrap(), 120);
+
+    let bus = start_bus(
+        &bus_db,
+        BusOptions {
+            port,
+            ..Default::default()
+        },
+    )
+    .await;
+    eventually(WAIT, "outbox drained", || async {
+        OutboxRelay::pending(&producer.pool).await.unwrap() == 0
+    })
+    .await;
+    let log = whole_log(&bus).await;
+    let ids: Vec<String> = log
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = publications
+        .iter()
+        .map(|p| p.id.unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids, expected,
+        "published out of order, twice, or not at all"
+    );
+    assert_eq!(log[0]["source"], "test");
+
+    // Later rows go out as soon as the relay is woken.
+    let mut tx = producer.pool.begin().await.unwrap();
+    outbox::append(&mut tx, &post(120)).await.unwrap();
+    tx.commit().await.unwrap();
+    waker.wake();
+    eventually(WAIT, "the woken relay published", || async {
+        bus.client().events_after(120, 10).await.unwrap().len() == 1
+    })
+    .await;
+
+    shutdown.trigger();
+    relay_task.await.unwrap();
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_batch_changes_nothing() {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    bus.client()
+        .publish(&(0..50).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    let batch = bus.client().events_after(0, 50).await.unwrap();
+    let first = consumer.deliver(batch.clone()).await.unwrap();
+    assert_eq!((first.applied, first.skipped, first.cursor), (50, 0, 50));
+    let again = consumer.deliver(batch.clone()).await.unwrap();
+    assert_eq!((again.applied, again.skipped, again.cursor), (0, 50, 50));
+    // Partly old, partly new, in any order: only the new part applies.
+    bus.client()
+        .publish(&(50..60).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut overlapping = bus.client().events_after(40, 20).await.unwrap();
+    overlapping.reverse();
+    let mixed = consumer.deliver(overlapping).await.unwrap();
+    assert_eq!((mixed.applied, mixed.skipped, mixed.cursor), (10, 10, 60));
+    assert_eq!(
+        applied_seqs(&consumer_db.pool).await,
+        (1..=60).collect::<Vec<_>>()
+    );
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_that_skips_ahead_fills_the_hole_from_the_bus_and_applies_everything_once_in_order(
+) {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    let all: Vec<_> = (0..5050).map(post).collect();
+    for chunk in all.chunks(1000) {
+        bus.client().publish(chunk).await.unwrap();
+    }
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    consumer
+        .deliver(bus.client().events_after(0, 100).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(consumer.cursor().await.unwrap(), 100);
+    // The consumer is at 100; the delivery starts at 5,000.
+    let ahead = bus.client().events_after(4999, 51).await.unwrap();
+    assert_eq!(ahead[0].seq, 5000);
+    let outcome = consumer.deliver(ahead).await.unwrap();
+    assert_eq!((outcome.applied, outcome.cursor), (4950, 5050));
+    assert_eq!(
+        applied_seqs(&consumer_db.pool).await,
+        (1..=5050).collect::<Vec<_>>()
+    );
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hole_the_bus_cannot_fill_is_refused_and_the_cursor_stays() {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    bus.client().publish(&[post(0)]).await.unwrap();
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    // An event from some other log, far ahead of anything this bus has.
+    let mut stray = bus.client().events_after(0, 1).await.unwrap();
+    stray[0].seq = 10;
+    assert!(consumer.deliver(stray).await.is_err());
+    assert_eq!(consumer.cursor().await.unwrap(), 0);
+    assert!(
+        applied_seqs(&consumer_db.pool).await.is_empty(),
+        "a refused delivery applied something"
+    );
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_the_bus() {
+    let bus_db = test_db().await;
+    let consumer_db = service_db().await;
+    let seed_bus = start_bus(&bus_db, BusOptions::default()).await;
+    for chunk in (0..2500).map(post).collect::<Vec<_>>().chunks(500) {
+        seed_bus.client().publish(chunk).await.unwrap();
+    }
+    let port = seed_bus.port;
+    let readiness = Readiness::pending(consumer_db.pool.clone());
+    let consumer = Arc::new(Consumer::new(
+        consumer_db.pool.clone(),
+        seed_bus.client(),
+        RecordPosts,
+    ));
+    let shutdown = Shutdown::new();
+    let catch_up =
+        common::consumer::spawn_catch_up(consumer.clone(), readiness.clone(), shutdown.signal());
+    let data = actix_web::web::Data::from(consumer.clone());
+    let app = Application::start(
+        ServerSettings::on_port(0),
+        readiness.clone(),
+        move |cfg: &mut actix_web::web::ServiceConfig| common::consumer::routes(cfg, data.clone()),
+        shutdown,
+        vec![catch_up],
+    )
+    .unwrap();
+    let consumer_url = format!("http://127.0.0.1:{}/events", app.port());
+    let ready_url = format!("http://127.0.0.1:{}/readyz", app.port());
+    let stop = app.stop_handle();
+    let app_task = tokio::spawn(app.run_until_stopped());
+    eventually(WAIT, "consumer ready", || async {
+        reqwest::get(&ready_url)
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(
+        consumer.cursor().await.unwrap(),
+        2500,
+        "ready before catching up"
+    );
+
+    // Restarted with the consumer as a subscriber, the bus delivers to it over HTTP: already-applied events are skipped by seq.
+    seed_bus.stop().await;
+    let bus = start_bus(
+        &bus_db,
+        BusOptions {
+            port,
+            subscribers: vec![("consumer", consumer_url)],
+            ..Default::default()
+        },
+    )
+    .await;
+    bus.client()
+        .publish(&(2500..2600).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    eventually(WAIT, "deliveries applied", || async {
+        consumer.cursor().await.unwrap() == 2600
+    })
+    .await;
+    assert_eq!(
+        applied_seqs(&consumer_db.pool).await,
+        (1..=2600).collect::<Vec<_>>()
+    );
+    stop.stop();
+    app_task.await.unwrap().unwrap();
+    bus.stop().await;
+}

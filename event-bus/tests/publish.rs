@@ -1,0 +1,280 @@
+//! Publishing and reading the log over HTTP: idempotence, validation, authentication,
+//! paging and replay.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod support;
+
+use common::testing::{eventually, RecordingSubscriber};
+use serde_json::{json, Value};
+use support::*;
+
+async fn post_raw(
+    bus: &RunningBus,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/events", bus.url()))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn republishing_an_id_keeps_one_entry_and_answers_the_original_seq() {
+    let db = test_db().await;
+    let bus = start_bus(&db, BusOptions::default()).await;
+    let client = bus.client();
+    let other = numbered(0);
+    let event = numbered(1);
+    client.publish(&[other]).await.unwrap();
+    let first = client.publish(std::slice::from_ref(&event)).await.unwrap();
+    let again = client.publish(std::slice::from_ref(&event)).await.unwrap();
+    assert_eq!(first[0].seq, 2);
+    assert!(!first[0].duplicate);
+    assert_eq!(again[0].seq, 2);
+    assert!(again[0].duplicate);
+    // Twice within one batch, and alongside a new event.
+    let fresh = numbered(2);
+    let mixed = client
+        .publish(&[event.clone(), fresh.clone(), fresh])
+        .await
+        .unwrap();
+    assert_eq!(
+        mixed
+            .iter()
+            .map(|a| (a.seq, a.duplicate))
+            .collect::<Vec<_>>(),
+        [(2, true), (3, false), (3, true)]
+    );
+    assert_eq!(whole_log(&bus).await.len(), 3);
+    bus.stop().await;
+}
+
+#[tokio::test]
+async fn a_course_style_event_gets_id_seq_and_time_and_an_unknown_type_round_trips_untouched() {
+    let db = test_db().await;
+    let bus = start_bus(&db, BusOptions::default()).await;
+    let (status, answer) = post_raw(
+        &bus,
+        "application/json",
+        r#"{"type":"PostCreated","data":{"id":"abc","title":"t"}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "OK");
+    assert_eq!(answer["events"][0]["seq"], 1);
+    let unknown =
+        json!({"type": "PostLiked", "data": {"postId": "abc", "deep": {"list": [1, "two", null]}}});
+    let (status, _) = post_raw(&bus, "application/json", unknown.to_string()).await;
+    assert_eq!(status, 200);
+    let log = whole_log(&bus).await;
+    assert_eq!(log[0]["type"], "PostCreated");
+    assert_eq!(log[0]["data"], json!({"id": "abc", "title": "t"}));
+    assert_eq!(log[0]["id"], answer["events"][0]["id"]);
+    assert!(log[0]["occurredAt"].is_string());
+    assert_eq!(log[1]["type"], "PostLiked");
+    assert_eq!(log[1]["data"], unknown["data"]);
+    assert_eq!(log[1]["seq"], 2);
+    bus.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_a_json_error_and_leaves_the_log_unchanged() {
+    let db = test_db().await;
+    let bus = start_bus(&db, BusOptions::default()).await;
+    bus.client().publish(&[numbered(0)]).await.unwrap();
+    let too_large = format!(
+        r#"{{"type":"Big","data":{{"blob":"{}"}}}}"#,
+        "x".repeat(1024 * 1024 + 1)
+    );
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "invalid JSON",
+            "application/json",
+            "{not json".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "empty body",
+            "application/json",
+            String::new(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "missing type",
+            "application/json",
+            r#"{"data":{}}"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "data not an object",
+            "application/json",
+            r#"{"type":"A","data":[1]}"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "data missing",
+            "application/json",
+            r#"{"type":"A"}"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "type not a string",
+            "application/json",
+            r#"{"type":5,"data":{}}"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "empty type",
+            "application/json",
+            r#"{"type":"  ","data":{}}"#.into(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "one bad event in a batch",
+            "application/json",
+            r#"[{"type":"A","data":{}},{"type":"B","data":"x"}]"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "not an object or array",
+            "application/json",
+            "42".into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            "body over 1 MiB",
+            "application/json",
+            too_large,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            r#"{"type":"A","data":{}}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (what, content_type, body, status, code) in cases {
+        let (got, answer) = post_raw(&bus, content_type, body).await;
+        assert_eq!(got, status, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        whole_log(&bus).await.len(),
+        1,
+        "a rejected publish wrote to the log"
+    );
+    for bad_query in ["after=-1", "limit=0", "after=abc"] {
+        let response = reqwest::get(format!("{}/events?{bad_query}", bus.url()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad_query}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "bad_request");
+    }
+    bus.stop().await;
+}
+
+#[tokio::test]
+async fn the_log_is_replayed_whole_or_in_pages() {
+    let db = test_db().await;
+    let bus = start_bus(&db, BusOptions::default()).await;
+    let empty = whole_log(&bus).await;
+    assert!(empty.is_empty());
+    let events: Vec<_> = (0..2500).map(numbered).collect();
+    for chunk in events.chunks(500) {
+        bus.client().publish(chunk).await.unwrap();
+    }
+    // The whole log spans several streamed pages and is still one JSON array.
+    let log = whole_log(&bus).await;
+    assert_eq!(log.len(), 2500);
+    assert_eq!(
+        log.iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=2500).collect::<Vec<_>>()
+    );
+    let page = bus.client().events_after(1000, 1500).await.unwrap();
+    assert_eq!(page.first().map(|e| e.seq), Some(1001));
+    assert_eq!(page.len(), 1500);
+    let tail = bus.client().events_after(2490, 100).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (2491..=2500).collect::<Vec<_>>()
+    );
+    assert!(bus
+        .client()
+        .events_after(2500, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    bus.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_token_the_bus_refuses_strangers_and_signs_its_deliveries() {
+    let db = test_db().await;
+    let subscriber = RecordingSubscriber::start();
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![("sub", subscriber.url())],
+            token: Some("s3cret"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, answer) = post_raw(&bus, "application/json", r#"{"type":"A","data":{}}"#).await;
+    assert_eq!(status, 401);
+    assert_eq!(answer["error"]["code"], "unauthorized");
+    let wrong = common::bus::BusClient::new(&bus.url(), Some("guess".into()));
+    assert!(wrong.publish(&[numbered(0)]).await.is_err());
+    assert!(wrong.events_after(0, 10).await.is_err());
+    let right = common::bus::BusClient::new(&bus.url(), Some("s3cret".into()));
+    right.publish(&[numbered(1)]).await.unwrap();
+    assert_eq!(right.events_after(0, 10).await.unwrap().len(), 1);
+    eventually(std::time::Duration::from_secs(10), "delivery", || async {
+        subscriber.count() == 1
+    })
+    .await;
+    assert_eq!(
+        subscriber.last_authorization().as_deref(),
+        Some("Bearer s3cret")
+    );
+    bus.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let db = test_db().await;
+    let bus = start_bus(&db, BusOptions::default()).await;
+    for path in ["healthz", "readyz"] {
+        let response = reqwest::get(format!("{}/{path}", bus.url())).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    bus.stop().await;
+}

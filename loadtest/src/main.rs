@@ -1,0 +1,25 @@
+//! Load measurements, rerunnable: `cargo build --release --workspace` then
+//! `target/release/loadtest bus`. Each run starts its own PostgreSQL (durable settings)
+//! and real service processes, reports figures, and removes everything it started.
+
+mod bus;
+mod stack;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    let result = match what.as_str() {
+        "bus" => bus::run().await,
+        _ => {
+            eprintln!("usage: loadtest bus");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("loadtest {what}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
