@@ -230,3 +230,20 @@ mod tests {
         }
     }
 }
+
+/// What every service that publishes or consumes events reads: its own settings plus
+/// where the bus is (`EVENT_BUS_URL`, e.g. `http://event-bus-srv:4005`).
+#[derive(Debug, Clone)]
+pub struct BusUserConfig {
+    pub service: ServiceConfig,
+    pub event_bus_url: String,
+}
+
+impl BusUserConfig {
+    pub fn from_env(env: &Env, default_port: u16) -> Result<Self, ConfigError> {
+        Ok(Self {
+            service: ServiceConfig::from_env(env, default_port)?,
+            event_bus_url: env.url("EVENT_BUS_URL")?,
+        })
+    }
+}

@@ -32,6 +32,13 @@ pub trait EventHandler: Send + Sync + 'static {
         envelope: &Envelope,
         event: Event,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Called after the transaction that applied a delivery committed: the moment to
+    /// tell the outside world (e.g. live streams) about what changed.
+    fn committed(&self) {}
+
+    /// Called when a delivery's transaction did not commit: forget what `apply` noted.
+    fn aborted(&self) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +117,21 @@ impl<H: EventHandler> Consumer<H> {
         batch.sort_by_key(|e| e.seq);
         batch.dedup_by_key(|e| e.seq);
         let _serial = self.apply_lock.lock().await;
+        let result = self.apply_batch(batch).await;
+        match &result {
+            Ok(outcome) if outcome.applied > 0 => {
+                self.handler.committed();
+                if let Some(waker) = &self.waker {
+                    waker.wake();
+                }
+            }
+            Ok(_) => {}
+            Err(_) => self.handler.aborted(),
+        }
+        result
+    }
+
+    async fn apply_batch(&self, batch: Vec<Envelope>) -> Result<DeliveryOutcome, ConsumerError> {
         let mut tx = self.pool.begin().await?;
         let start: i64 = sqlx::query_scalar("SELECT seq FROM consumer_cursor FOR UPDATE")
             .fetch_one(&mut *tx)
@@ -163,11 +185,6 @@ impl<H: EventHandler> Consumer<H> {
                 .await?;
         }
         tx.commit().await?;
-        if outcome.applied > 0 {
-            if let Some(waker) = &self.waker {
-                waker.wake();
-            }
-        }
         outcome.cursor = cursor;
         Ok(outcome)
     }

@@ -13,7 +13,9 @@ pub mod http;
 pub mod outbox;
 pub mod server;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
+pub mod text;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

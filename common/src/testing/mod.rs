@@ -140,13 +140,16 @@ async fn ensure_template(server: &str, migrator: &Migrator) -> String {
                 .await
                 .expect("create template");
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&format!("{server}/{building}"))
+        // One plain connection, closed explicitly: a pooled one may linger and block the
+        // rename below.
+        let mut conn = PgConnection::connect(&format!("{server}/{building}"))
             .await
             .expect("connect to template");
-        migrator.run(&pool).await.expect("migrate template");
-        pool.close().await;
+        migrator
+            .run_direct(&mut conn)
+            .await
+            .expect("migrate template");
+        conn.close().await.expect("close template connection");
         // The migrator's backend may still be exiting after close: rename once it has.
         let rename = format!(r#"ALTER DATABASE "{building}" RENAME TO "{template}""#);
         let mut attempts = 0;

@@ -1,0 +1,70 @@
+//! How comments reacts to events, inside the consumer cursor's transaction.
+
+use common::consumer::EventHandler;
+use common::events::{CommentModerated, CommentUpdated, Envelope, Event, Publication};
+use common::telemetry::TraceParent;
+use sqlx::PgConnection;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::store;
+
+pub struct CommentsHandler {
+    /// Bumped after each commit that may have taught us new posts, so a request waiting
+    /// for a just-created post can look again.
+    pub posts_learned: watch::Sender<u64>,
+}
+
+impl EventHandler for CommentsHandler {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), sqlx::Error> {
+        match event {
+            Event::PostCreated(post) => store::remember_post(conn, &post.id).await,
+            Event::CommentModerated(moderated) => apply_moderation(conn, envelope, moderated).await,
+            _ => Ok(()),
+        }
+    }
+
+    fn committed(&self) {
+        self.posts_learned.send_modify(|n| *n += 1);
+    }
+}
+
+#[tracing::instrument(skip_all, fields(comment_id = %moderated.id, post_id = %moderated.post_id))]
+async fn apply_moderation(
+    conn: &mut PgConnection,
+    envelope: &Envelope,
+    moderated: CommentModerated,
+) -> Result<(), sqlx::Error> {
+    let Ok(id) = moderated.id.parse::<Uuid>() else {
+        tracing::debug!("not one of our comments; ignored");
+        return Ok(());
+    };
+    let Some(changed) = store::set_status(&mut *conn, id, moderated.status).await? else {
+        tracing::debug!("unknown comment or status unchanged; ignored");
+        return Ok(());
+    };
+    let event = Event::CommentUpdated(CommentUpdated {
+        id: moderated.id,
+        post_id: changed.post_id,
+        content: changed.content,
+        status: moderated.status,
+        version: changed.version,
+    });
+    let trace = envelope
+        .traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .map(|t| t.child().to_string());
+    common::outbox::append(conn, &Publication::new(&event, "comments", trace)).await?;
+    tracing::info!(
+        status = moderated.status.as_str(),
+        version = changed.version,
+        "comment status updated"
+    );
+    Ok(())
+}

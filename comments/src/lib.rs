@@ -1,0 +1,41 @@
+//! comments: creates comments on known posts, and turns moderation decisions into
+//! versioned `CommentUpdated` events.
+
+pub mod domain;
+pub mod handlers;
+pub mod routes;
+pub mod store;
+
+use actix_web::web;
+use common::config::{BusUserConfig, ConfigError, Env};
+use common::consumer::{self, Consumer};
+use common::server::{Application, StartError};
+use common::startup::Startup;
+use sqlx::migrate::Migrator;
+use tokio::sync::watch;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+pub const DEFAULT_PORT: u16 = 4001;
+
+pub fn config_from_env(env: &Env) -> Result<BusUserConfig, ConfigError> {
+    BusUserConfig::from_env(env, DEFAULT_PORT)
+}
+
+pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
+    let mut startup = Startup::connect(config, &MIGRATOR).await?;
+    let outbox = startup.start_outbox_relay();
+    let (posts_learned, learned) = watch::channel(0);
+    let handler = handlers::CommentsHandler { posts_learned };
+    let consumer = startup.start_consumer(
+        Consumer::new(startup.pool.clone(), startup.bus.clone(), handler).waking(outbox.clone()),
+    );
+    let state = web::Data::new(routes::CommentsState {
+        pool: startup.pool.clone(),
+        outbox,
+        posts_learned: learned,
+    });
+    startup.serve(move |cfg: &mut web::ServiceConfig| {
+        consumer::routes(cfg, consumer.clone());
+        cfg.app_data(state.clone()).configure(routes::routes);
+    })
+}

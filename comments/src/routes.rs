@@ -1,0 +1,78 @@
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use common::error::ApiError;
+use common::http::JsonBody;
+use common::outbox::OutboxWaker;
+use common::telemetry::TraceParent;
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::domain::{Content, PostId};
+use crate::store;
+
+/// How long a comment on a post we have not heard of yet waits for its `PostCreated`:
+/// a user who comments right after creating a post never sees a false 404.
+const NEW_POST_GRACE: Duration = Duration::from_secs(3);
+
+pub struct CommentsState {
+    pub pool: PgPool,
+    pub outbox: OutboxWaker,
+    pub posts_learned: watch::Receiver<u64>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/posts/{id}/comments", web::post().to(create_comment))
+        .route("/posts/{id}/comments", web::get().to(list_comments));
+}
+
+#[derive(Debug, Deserialize)]
+struct NewComment {
+    content: String,
+}
+
+#[tracing::instrument(skip_all, fields(post_id = %path))]
+async fn create_comment(
+    state: web::Data<CommentsState>,
+    path: web::Path<String>,
+    trace: TraceParent,
+    JsonBody(body): JsonBody<NewComment>,
+) -> Result<HttpResponse, ApiError> {
+    let post_id = PostId::parse(&path)?;
+    let content = Content::parse(&body.content)?;
+    wait_for_post(&state, &post_id).await?;
+    let id = store::create_comment(&state.pool, &post_id, content, &trace).await?;
+    state.outbox.wake();
+    tracing::info!(comment_id = %id, "comment created");
+    let comments = store::comments_of(&state.pool, &post_id).await?;
+    Ok(HttpResponse::Created().json(comments))
+}
+
+async fn wait_for_post(state: &CommentsState, post_id: &PostId) -> Result<(), ApiError> {
+    let mut learned = state.posts_learned.clone();
+    let deadline = tokio::time::Instant::now() + NEW_POST_GRACE;
+    loop {
+        learned.borrow_and_update();
+        if store::post_is_known(&state.pool, post_id).await? {
+            return Ok(());
+        }
+        let changed = tokio::time::timeout_at(deadline, learned.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            return Err(ApiError::NotFound(format!(
+                "no post {:?}",
+                post_id.as_str()
+            )));
+        }
+    }
+}
+
+async fn list_comments(
+    state: web::Data<CommentsState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let Ok(post_id) = PostId::parse(&path) else {
+        return Ok(HttpResponse::Ok().json(Vec::<()>::new()));
+    };
+    Ok(HttpResponse::Ok().json(store::comments_of(&state.pool, &post_id).await?))
+}

@@ -1,0 +1,57 @@
+//! How moderation reacts to events, inside the consumer cursor's transaction.
+
+use common::consumer::EventHandler;
+use common::events::{CommentCreated, CommentModerated, Envelope, Event, Publication};
+use common::telemetry::TraceParent;
+use sqlx::PgConnection;
+
+use crate::domain::Blocklist;
+use crate::store;
+
+pub struct Moderator {
+    pub blocklist: Blocklist,
+}
+
+impl EventHandler for Moderator {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), sqlx::Error> {
+        match event {
+            Event::CommentCreated(comment) => self.moderate(conn, envelope, comment).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Moderator {
+    #[tracing::instrument(skip_all, fields(comment_id = %comment.id, post_id = %comment.post_id))]
+    async fn moderate(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        comment: CommentCreated,
+    ) -> Result<(), sqlx::Error> {
+        let status = self.blocklist.decide(&comment.content);
+        if !store::record_decision(&mut *conn, &comment.id, &comment.post_id, status).await? {
+            tracing::info!("already decided; no second event");
+            return Ok(());
+        }
+        let event = Event::CommentModerated(CommentModerated {
+            id: comment.id,
+            post_id: comment.post_id,
+            content: comment.content,
+            status,
+        });
+        let trace = envelope
+            .traceparent
+            .as_deref()
+            .and_then(TraceParent::parse)
+            .map(|t| t.child().to_string());
+        common::outbox::append(conn, &Publication::new(&event, "moderation", trace)).await?;
+        tracing::info!(status = status.as_str(), "comment moderated");
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! moderation: decides every new comment (blocked words → rejected) exactly once and
+//! announces it with `CommentModerated`.
+
+pub mod domain;
+pub mod handlers;
+pub mod store;
+
+use actix_web::web;
+use common::config::{BusUserConfig, ConfigError, Env};
+use common::consumer::{self, Consumer};
+use common::server::{Application, StartError};
+use common::startup::Startup;
+use sqlx::migrate::Migrator;
+
+use domain::Blocklist;
+use handlers::Moderator;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+pub const DEFAULT_PORT: u16 = 4003;
+
+#[derive(Debug, Clone)]
+pub struct ModerationConfig {
+    pub base: BusUserConfig,
+    pub blocklist: Blocklist,
+}
+
+pub fn config_from_env(env: &Env) -> Result<ModerationConfig, ConfigError> {
+    Ok(ModerationConfig {
+        base: BusUserConfig::from_env(env, DEFAULT_PORT)?,
+        blocklist: env
+            .optional("MODERATION_BLOCKLIST")
+            .map_or_else(Blocklist::course_default, Blocklist::parse),
+    })
+}
+
+pub async fn build(config: ModerationConfig) -> Result<Application, StartError> {
+    let mut startup = Startup::connect(config.base, &MIGRATOR).await?;
+    let outbox = startup.start_outbox_relay();
+    let moderator = Moderator {
+        blocklist: config.blocklist,
+    };
+    let consumer = startup.start_consumer(
+        Consumer::new(startup.pool.clone(), startup.bus.clone(), moderator).waking(outbox),
+    );
+    startup.serve(move |cfg: &mut web::ServiceConfig| consumer::routes(cfg, consumer.clone()))
+}

@@ -1,0 +1,10 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    common::server::run_main(
+        "moderation",
+        moderation::config_from_env,
+        |c| c.base.service.log_format,
+        moderation::build,
+    )
+    .await
+}

@@ -1,0 +1,44 @@
+//! All of the posts service's SQL.
+
+use common::events::{Event, PostCreated, Publication};
+use common::outbox;
+use common::telemetry::TraceParent;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{Post, Title};
+
+/// Creates the post and its `PostCreated` event in one transaction: both or neither.
+pub async fn create_post(
+    pool: &PgPool,
+    title: Title,
+    trace: &TraceParent,
+) -> Result<Post, sqlx::Error> {
+    let post = Post {
+        id: Uuid::now_v7(),
+        title: title.as_str().to_owned(),
+    };
+    let event = Event::PostCreated(PostCreated {
+        id: post.id.to_string(),
+        title: post.title.clone(),
+    });
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO posts (id, title) VALUES ($1, $2)")
+        .bind(post.id)
+        .bind(&post.title)
+        .execute(&mut *tx)
+        .await?;
+    outbox::append(
+        &mut tx,
+        &Publication::new(&event, "posts", Some(trace.to_string())),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(post)
+}
+
+pub async fn all_posts(pool: &PgPool) -> Result<Vec<Post>, sqlx::Error> {
+    sqlx::query_as("SELECT id, title FROM posts ORDER BY position")
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,41 @@
+//! query: the denormalised posts-with-comments view, built from events, served in the
+//! course's shape, pushed live over Server-Sent Events, rebuildable from the log.
+
+pub mod handlers;
+pub mod routes;
+pub mod store;
+
+use actix_web::web;
+use common::config::{BusUserConfig, ConfigError, Env};
+use common::consumer::{self, Consumer};
+use common::server::{Application, StartError};
+use common::startup::Startup;
+use sqlx::migrate::Migrator;
+use tokio::sync::broadcast;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+pub const DEFAULT_PORT: u16 = 4002;
+
+pub fn config_from_env(env: &Env) -> Result<BusUserConfig, ConfigError> {
+    BusUserConfig::from_env(env, DEFAULT_PORT)
+}
+
+pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
+    let mut startup = Startup::connect(config, &MIGRATOR).await?;
+    let (changes, _) = broadcast::channel(4096);
+    let handler = handlers::ViewHandler::new(changes.clone());
+    let consumer = startup.start_consumer(Consumer::new(
+        startup.pool.clone(),
+        startup.bus.clone(),
+        handler,
+    ));
+    let state = web::Data::new(routes::QueryState {
+        pool: startup.pool.clone(),
+        changes,
+        shutdown: startup.shutdown_signal(),
+    });
+    startup.serve(move |cfg: &mut web::ServiceConfig| {
+        consumer::routes(cfg, consumer.clone());
+        cfg.app_data(state.clone()).configure(routes::routes);
+    })
+}

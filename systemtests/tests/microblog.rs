@@ -1,0 +1,358 @@
+//! The microblog end to end: real binaries, real PostgreSQL, real HTTP.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::time::Duration;
+
+use common::testing::eventually;
+use serde_json::{json, Value};
+use systemtests::{http, Stack};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn create_post(stack: &Stack, title: &str) -> Value {
+    let response = http()
+        .post(format!("{}/posts/create", stack.url("posts")))
+        .json(&json!({ "title": title }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+async fn create_comment(stack: &Stack, post_id: &str, content: &str) -> Value {
+    let response = http()
+        .post(format!(
+            "{}/posts/{post_id}/comments",
+            stack.url("comments")
+        ))
+        .json(&json!({ "content": content }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let comments: Value = response.json().await.unwrap();
+    comments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["content"] == content)
+        .cloned()
+        .unwrap()
+}
+
+async fn view(stack: &Stack) -> Value {
+    http()
+        .get(format!("{}/posts", stack.url("query")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn comment_status(stack: &Stack, post_id: &str, comment_id: &str) -> Option<String> {
+    let response = http()
+        .get(format!("{}/posts/{post_id}", stack.url("query")))
+        .send()
+        .await
+        .ok()?;
+    let post: Value = response.json().await.ok()?;
+    post["comments"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == comment_id)?["status"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Reads Server-Sent Events `data:` lines until `count` changes arrived.
+async fn read_changes(mut response: reqwest::Response, count: usize) -> Vec<Value> {
+    let mut buffer = String::new();
+    let mut changes = Vec::new();
+    while changes.len() < count {
+        let chunk = tokio::time::timeout(WAIT, response.chunk())
+            .await
+            .expect("stream went quiet")
+            .unwrap()
+            .expect("stream ended");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            for line in frame.lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    let value: Value = serde_json::from_str(data).unwrap();
+                    if value.get("type").is_some() {
+                        changes.push(value);
+                    }
+                }
+            }
+        }
+    }
+    changes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_and_its_comments_reach_the_view_and_moderation_shows_live() {
+    let stack = Stack::start().await;
+    let stream = http()
+        .get(format!("{}/posts/stream", stack.url("query")))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+
+    let post = create_post(&stack, "  Hello, microblog  ").await;
+    assert_eq!(post["title"], "Hello, microblog");
+    let post_id = post["id"].as_str().unwrap().to_owned();
+    // A fast user comments at once: the comments service waits briefly for the post.
+    let fine = create_comment(&stack, &post_id, "Nice post").await;
+    assert_eq!(fine["status"], "pending");
+    let rejected = create_comment(&stack, &post_id, "I love ORANGE juice").await;
+    let (fine_id, rejected_id) = (
+        fine["id"].as_str().unwrap(),
+        rejected["id"].as_str().unwrap(),
+    );
+
+    eventually(WAIT, "moderation results in the view", || async {
+        comment_status(&stack, &post_id, fine_id).await.as_deref() == Some("approved")
+            && comment_status(&stack, &post_id, rejected_id)
+                .await
+                .as_deref()
+                == Some("rejected")
+    })
+    .await;
+    let whole = view(&stack).await;
+    assert_eq!(whole[&post_id]["title"], "Hello, microblog");
+    assert_eq!(
+        whole[&post_id]["comments"],
+        json!([
+            {"id": fine_id, "content": "Nice post", "status": "approved"},
+            {"id": rejected_id, "content": "I love ORANGE juice", "status": "rejected"},
+        ])
+    );
+    let own: Value = http()
+        .get(format!(
+            "{}/posts/{post_id}/comments",
+            stack.url("comments")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        own, whole[&post_id]["comments"],
+        "the comments service disagrees with the view"
+    );
+    let posts_own: Value = http()
+        .get(format!("{}/posts", stack.url("posts")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(posts_own[&post_id]["title"], "Hello, microblog");
+
+    // The stream carried every change, each comment's creation before its update.
+    let changes = read_changes(stream, 5).await;
+    let kinds: Vec<&str> = changes
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "PostCreated");
+    for id in [fine_id, rejected_id] {
+        let created = changes
+            .iter()
+            .position(|c| c["type"] == "CommentCreated" && c["comment"]["id"] == id)
+            .unwrap();
+        let updated = changes
+            .iter()
+            .position(|c| c["type"] == "CommentUpdated" && c["comment"]["id"] == id)
+            .unwrap();
+        assert!(created < updated, "{kinds:?}");
+    }
+    let seqs: Vec<i64> = changes.iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "stream out of seq order: {seqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_course_format_event_posted_to_the_bus_shows_up_in_the_view() {
+    let stack = Stack::start().await;
+    let response = http()
+        .post(format!("{}/events", stack.url("event-bus")))
+        .json(&json!({"type": "PostCreated", "data": {"id": "abc", "title": "t"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    eventually(WAIT, "course post in the view", || async {
+        view(&stack).await["abc"]["title"] == "t"
+    })
+    .await;
+    assert_eq!(
+        view(&stack).await["abc"],
+        json!({"id": "abc", "title": "t", "comments": []})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_status_and_changes_nothing() {
+    let stack = Stack::start().await;
+    let post = create_post(&stack, "kept").await;
+    let post_id = post["id"].as_str().unwrap().to_owned();
+    let posts = format!("{}/posts/create", stack.url("posts"));
+    let comments = format!("{}/posts/{post_id}/comments", stack.url("comments"));
+    let long_title = "x".repeat(201);
+    let long_comment = "y".repeat(1001);
+    let huge = format!(r#"{{"title":"{}"}}"#, "z".repeat(70 * 1024));
+    let cases: Vec<(&str, &String, &str, String, u16)> = vec![
+        (
+            "malformed JSON",
+            &posts,
+            "application/json",
+            "{".into(),
+            400,
+        ),
+        (
+            "missing title",
+            &posts,
+            "application/json",
+            "{}".into(),
+            422,
+        ),
+        (
+            "title not a string",
+            &posts,
+            "application/json",
+            r#"{"title":5}"#.into(),
+            422,
+        ),
+        (
+            "blank title",
+            &posts,
+            "application/json",
+            r#"{"title":"   "}"#.into(),
+            422,
+        ),
+        (
+            "title too long",
+            &posts,
+            "application/json",
+            json!({"title": long_title}).to_string(),
+            422,
+        ),
+        ("body over 64 KiB", &posts, "application/json", huge, 413),
+        (
+            "not JSON",
+            &posts,
+            "text/plain",
+            r#"{"title":"x"}"#.into(),
+            415,
+        ),
+        (
+            "missing content",
+            &comments,
+            "application/json",
+            "{}".into(),
+            422,
+        ),
+        (
+            "blank content",
+            &comments,
+            "application/json",
+            r#"{"content":""}"#.into(),
+            422,
+        ),
+        (
+            "content too long",
+            &comments,
+            "application/json",
+            json!({"content": long_comment}).to_string(),
+            422,
+        ),
+    ];
+    for (what, url, content_type, body, status) in cases {
+        let response = http()
+            .post(url.as_str())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"]["code"].is_string() && error["error"]["message"].is_string(),
+            "{what}: {error}"
+        );
+    }
+    let error: Value = http()
+        .post(&posts)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("title"),
+        "the error names the field: {error}"
+    );
+    let unknown_post = http()
+        .post(format!(
+            "{}/posts/no-such-post/comments",
+            stack.url("comments")
+        ))
+        .json(&json!({"content": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_post.status(), 404);
+    // Nothing was written: the one post, no comments, and only its event in the log.
+    let own: Value = http()
+        .get(format!("{}/posts", stack.url("posts")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own.as_object().unwrap().len(), 1);
+    let own_comments: Value = http()
+        .get(&comments)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own_comments, json!([]));
+    let log: Value = http()
+        .get(format!("{}/events", stack.url("event-bus")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(log.as_array().unwrap().len(), 1, "{log}");
+    let missing = http()
+        .get(format!("{}/posts/nope", stack.url("query")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
