@@ -2,7 +2,6 @@
 
 use common::consumer::EventHandler;
 use common::events::{CommentModerated, CommentUpdated, Envelope, Event, Publication};
-use common::telemetry::TraceParent;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -55,12 +54,7 @@ async fn apply_moderation(
         status: moderated.status,
         version: changed.version,
     });
-    let trace = envelope
-        .traceparent
-        .as_deref()
-        .and_then(TraceParent::parse)
-        .map(|t| t.child().to_string());
-    common::outbox::append(conn, &Publication::new(&event, "comments", trace)).await?;
+    common::outbox::append(conn, &Publication::caused_by(&event, "comments", envelope)).await?;
     tracing::info!(
         status = moderated.status.as_str(),
         version = changed.version,

@@ -134,6 +134,16 @@ impl Publication {
             traceparent,
         }
     }
+
+    /// An event caused by handling `cause`: it continues the cause's trace, one hop on.
+    pub fn caused_by(event: &Event, source: &str, cause: &Envelope) -> Self {
+        let trace = cause
+            .traceparent
+            .as_deref()
+            .and_then(crate::telemetry::TraceParent::parse)
+            .map(|t| t.child().to_string());
+        Self::new(event, source, trace)
+    }
 }
 
 /// An event as the bus stores and delivers it: always with `id`, `seq` and `occurredAt`.

@@ -2,7 +2,6 @@
 
 use common::consumer::EventHandler;
 use common::events::{CommentCreated, CommentModerated, Envelope, Event, Publication};
-use common::telemetry::TraceParent;
 use sqlx::PgConnection;
 
 use crate::domain::Blocklist;
@@ -45,12 +44,11 @@ impl Moderator {
             content: comment.content,
             status,
         });
-        let trace = envelope
-            .traceparent
-            .as_deref()
-            .and_then(TraceParent::parse)
-            .map(|t| t.child().to_string());
-        common::outbox::append(conn, &Publication::new(&event, "moderation", trace)).await?;
+        common::outbox::append(
+            conn,
+            &Publication::caused_by(&event, "moderation", envelope),
+        )
+        .await?;
         tracing::info!(status = status.as_str(), "comment moderated");
         Ok(())
     }
