@@ -97,10 +97,6 @@ impl<H: EventHandler> Consumer<H> {
         self
     }
 
-    pub fn handler(&self) -> &H {
-        &self.handler
-    }
-
     pub async fn cursor(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT seq FROM consumer_cursor")
             .fetch_one(&self.pool)

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::error_chain;
-use crate::events::Publication;
+use crate::events::{json_array, Publication};
 use crate::shutdown::ShutdownSignal;
 
 /// Rows a relay publishes in one request.
@@ -136,16 +136,7 @@ impl OutboxRelay {
             tx.commit().await?;
             return Ok(0);
         }
-        let mut body =
-            String::with_capacity(rows.iter().map(|(_, p)| p.len() + 1).sum::<usize>() + 2);
-        body.push('[');
-        for (i, (_, publication)) in rows.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(publication);
-        }
-        body.push(']');
+        let body = json_array(rows.iter().map(|(_, p)| p.as_str()));
         let accepted = self.bus.publish_json_array(body).await?;
         // Delete by position, never by range: a transaction still in flight may own a
         // lower position, and its row must stay until it is published.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::backoff::Backoff;
 use common::config::Subscriber;
 use common::error::error_chain;
+use common::events::json_array;
 use common::shutdown::ShutdownSignal;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -166,16 +167,7 @@ impl Delivery {
     }
 
     async fn post(&self, batch: &[StoredEvent]) -> Result<(), String> {
-        let mut body =
-            String::with_capacity(batch.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
-        body.push('[');
-        for (i, event) in batch.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(&event.envelope);
-        }
-        body.push(']');
+        let body = json_array(batch.iter().map(|e| e.envelope.as_str()));
         let mut request = self
             .http
             .post(&self.subscriber.url)

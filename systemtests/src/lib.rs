@@ -174,6 +174,19 @@ impl Drop for Stack {
     }
 }
 
+/// GET a URL and read its JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let response = http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}"))
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::testing::eventually;
 use serde_json::{json, Value};
-use systemtests::{http, Stack};
+use systemtests::{get_json, http, Stack};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -43,14 +43,7 @@ async fn create_comment(stack: &Stack, post_id: &str, content: &str) -> Value {
 }
 
 async fn view(stack: &Stack) -> Value {
-    http()
-        .get(format!("{}/posts", stack.url("query")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(&format!("{}/posts", stack.url("query"))).await
 }
 
 async fn comment_status(stack: &Stack, post_id: &str, comment_id: &str) -> Option<String> {
@@ -134,29 +127,16 @@ async fn a_post_and_its_comments_reach_the_view_and_moderation_shows_live() {
             {"id": rejected_id, "content": "I love ORANGE juice", "status": "rejected"},
         ])
     );
-    let own: Value = http()
-        .get(format!(
-            "{}/posts/{post_id}/comments",
-            stack.url("comments")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let own: Value = get_json(&format!(
+        "{}/posts/{post_id}/comments",
+        stack.url("comments")
+    ))
+    .await;
     assert_eq!(
         own, whole[&post_id]["comments"],
         "the comments service disagrees with the view"
     );
-    let posts_own: Value = http()
-        .get(format!("{}/posts", stack.url("posts")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let posts_own: Value = get_json(&format!("{}/posts", stack.url("posts"))).await;
     assert_eq!(posts_own[&post_id]["title"], "Hello, microblog");
 
     // The stream carried every change, each comment's creation before its update.
@@ -322,32 +302,11 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         .unwrap();
     assert_eq!(unknown_post.status(), 404);
     // Nothing was written: the one post, no comments, and only its event in the log.
-    let own: Value = http()
-        .get(format!("{}/posts", stack.url("posts")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let own: Value = get_json(&format!("{}/posts", stack.url("posts"))).await;
     assert_eq!(own.as_object().unwrap().len(), 1);
-    let own_comments: Value = http()
-        .get(&comments)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let own_comments: Value = get_json(&comments).await;
     assert_eq!(own_comments, json!([]));
-    let log: Value = http()
-        .get(format!("{}/events", stack.url("event-bus")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = get_json(&format!("{}/events", stack.url("event-bus"))).await;
     assert_eq!(log.as_array().unwrap().len(), 1, "{log}");
     let missing = http()
         .get(format!("{}/posts/nope", stack.url("query")))
