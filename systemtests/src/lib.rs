@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::testing::{cluster::free_port, eventually, TestDatabase};
+use serde_json::{json, Value};
 use sqlx::migrate::Migrator;
 
 pub const SERVICES: [&str; 5] = ["event-bus", "posts", "comments", "moderation", "query"];
@@ -192,4 +193,56 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
+}
+
+/// `POST /posts/create` through the posts service; asserts 201 and returns the post.
+pub async fn create_post(stack: &Stack, title: &str) -> Value {
+    let url = format!("{}/posts/create", stack.url("posts"));
+    let response = http()
+        .post(&url)
+        .json(&json!({ "title": title }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert_eq!(response.status(), 201, "POST {url}");
+    response.json().await.expect("created post is JSON")
+}
+
+/// Comments on a post; asserts 201 and returns the new comment from the answer.
+pub async fn create_comment(stack: &Stack, post_id: &str, content: &str) -> Value {
+    let url = format!("{}/posts/{post_id}/comments", stack.url("comments"));
+    let response = http()
+        .post(&url)
+        .json(&json!({ "content": content }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert_eq!(response.status(), 201, "POST {url}");
+    let comments: Value = response.json().await.expect("comments are JSON");
+    comments
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["content"] == content))
+        .cloned()
+        .unwrap_or_else(|| panic!("the answer lacks the new comment: {comments}"))
+}
+
+/// The query service's whole view.
+pub async fn view(stack: &Stack) -> Value {
+    get_json(&format!("{}/posts", stack.url("query"))).await
+}
+
+/// A comment's status in the view, if the view has it yet.
+pub async fn comment_status(stack: &Stack, post_id: &str, comment_id: &str) -> Option<String> {
+    let response = http()
+        .get(format!("{}/posts/{post_id}", stack.url("query")))
+        .send()
+        .await
+        .ok()?;
+    let post: Value = response.json().await.ok()?;
+    post["comments"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == comment_id)?["status"]
+        .as_str()
+        .map(str::to_owned)
 }

@@ -6,60 +6,9 @@ use std::time::Duration;
 
 use common::testing::eventually;
 use serde_json::{json, Value};
-use systemtests::{get_json, http, Stack};
+use systemtests::{comment_status, create_comment, create_post, get_json, http, view, Stack};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn create_post(stack: &Stack, title: &str) -> Value {
-    let response = http()
-        .post(format!("{}/posts/create", stack.url("posts")))
-        .json(&json!({ "title": title }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
-}
-
-async fn create_comment(stack: &Stack, post_id: &str, content: &str) -> Value {
-    let response = http()
-        .post(format!(
-            "{}/posts/{post_id}/comments",
-            stack.url("comments")
-        ))
-        .json(&json!({ "content": content }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let comments: Value = response.json().await.unwrap();
-    comments
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["content"] == content)
-        .cloned()
-        .unwrap()
-}
-
-async fn view(stack: &Stack) -> Value {
-    get_json(&format!("{}/posts", stack.url("query"))).await
-}
-
-async fn comment_status(stack: &Stack, post_id: &str, comment_id: &str) -> Option<String> {
-    let response = http()
-        .get(format!("{}/posts/{post_id}", stack.url("query")))
-        .send()
-        .await
-        .ok()?;
-    let post: Value = response.json().await.ok()?;
-    post["comments"]
-        .as_array()?
-        .iter()
-        .find(|c| c["id"] == comment_id)?["status"]
-        .as_str()
-        .map(str::to_owned)
-}
 
 /// Reads Server-Sent Events `data:` lines until `count` changes arrived.
 async fn read_changes(mut response: reqwest::Response, count: usize) -> Vec<Value> {

@@ -1,0 +1,186 @@
+//! Failures a real deployment meets: the bus down, a consumer killed mid-stream, a view's
+//! database lost. Each test checks that nothing is lost and nothing is applied twice.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::testing::eventually;
+use serde_json::Value;
+use systemtests::{comment_status, create_comment, create_post, http, view, Stack};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn view_text(stack: &Stack) -> String {
+    http()
+        .get(format!("{}/posts", stack.url("query")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn ids(view: &Value) -> HashSet<String> {
+    view.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_while_the_bus_is_down_and_the_view_catches_up() {
+    let mut stack = Stack::start().await;
+    let known = create_post(&stack, "before the outage").await;
+    let known_id = known["id"].as_str().unwrap().to_owned();
+    // The comments service must know the post before the bus goes away.
+    create_comment(&stack, &known_id, "first").await;
+
+    stack.stop("event-bus");
+    let mut posts = Vec::new();
+    for n in 0..5 {
+        let post = create_post(&stack, &format!("during the outage {n}")).await;
+        posts.push(post["id"].as_str().unwrap().to_owned());
+    }
+    let mut comments = Vec::new();
+    for content in ["kind words", "an orange remark", "more kind words"] {
+        let comment = create_comment(&stack, &known_id, content).await;
+        assert_eq!(comment["status"], "pending");
+        comments.push((comment["id"].as_str().unwrap().to_owned(), content));
+    }
+    for id in &posts {
+        assert!(!in_view(&stack, id).await, "the view got {id} with no bus");
+    }
+
+    stack.restart("event-bus").await;
+    eventually(
+        WAIT,
+        "every post and moderated comment in the view",
+        || async {
+            let whole = view(&stack).await;
+            let posts_there = posts.iter().all(|id| whole.get(id).is_some());
+            let mut all_moderated = true;
+            for (id, _) in &comments {
+                all_moderated &= matches!(
+                    comment_status(&stack, &known_id, id).await.as_deref(),
+                    Some("approved" | "rejected")
+                );
+            }
+            posts_there && all_moderated
+        },
+    )
+    .await;
+    for (id, content) in &comments {
+        let expected = if content.contains("orange") {
+            "rejected"
+        } else {
+            "approved"
+        };
+        assert_eq!(
+            comment_status(&stack, &known_id, id).await.as_deref(),
+            Some(expected),
+            "{content}"
+        );
+    }
+    let whole = view(&stack).await;
+    assert_eq!(whole.as_object().unwrap().len(), 6);
+    assert_eq!(whole[&known_id]["comments"].as_array().unwrap().len(), 4);
+}
+
+async fn in_view(stack: &Stack, id: &str) -> bool {
+    let url = format!("{}/posts/{id}", stack.url("query"));
+    http().get(url).send().await.unwrap().status() == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_killed_mid_stream_ends_with_every_post_exactly_once() {
+    const POSTS: usize = 500;
+    const WRITERS: usize = 8;
+    let mut stack = Stack::start().await;
+    let posts_url = Arc::new(stack.url("posts"));
+    // Half the posts go in before the kill and half after, whatever the timing.
+    let (killed, kill_seen) = tokio::sync::watch::channel(false);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let posts_url = Arc::clone(&posts_url);
+            let mut kill_seen = kill_seen.clone();
+            tokio::spawn(async move {
+                let client = http();
+                let mut created = Vec::new();
+                for n in (writer..POSTS).step_by(WRITERS) {
+                    if n >= POSTS / 2 {
+                        kill_seen.wait_for(|k| *k).await.unwrap();
+                    }
+                    let response = client
+                        .post(format!("{posts_url}/posts/create"))
+                        .json(&serde_json::json!({ "title": format!("post {n}") }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 201);
+                    let post: Value = response.json().await.unwrap();
+                    created.push(post["id"].as_str().unwrap().to_owned());
+                }
+                created
+            })
+        })
+        .collect();
+
+    eventually(WAIT, "the view to be part-way through", || async {
+        view(&stack).await.as_object().unwrap().len() >= 50
+    })
+    .await;
+    stack.kill("query");
+    killed.send(true).unwrap();
+    let mut created = HashSet::new();
+    for writer in writers {
+        created.extend(writer.await.unwrap());
+    }
+    assert_eq!(created.len(), POSTS);
+
+    stack.restart("query").await;
+    eventually(WAIT, "all posts in the view", || async {
+        view(&stack).await.as_object().unwrap().len() >= POSTS
+    })
+    .await;
+    assert_eq!(ids(&view(&stack).await), created);
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM posts")
+            .fetch_one(&stack.database("query").pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (POSTS as i64, POSTS as i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_rebuilt_from_the_log_equals_the_view_before() {
+    let mut stack = Stack::start().await;
+    let mut pending = Vec::new();
+    for n in 0..10 {
+        let post = create_post(&stack, &format!("post {n}")).await;
+        let post_id = post["id"].as_str().unwrap().to_owned();
+        for content in [format!("comment {n}"), format!("orange {n}")] {
+            let comment = create_comment(&stack, &post_id, &content).await;
+            pending.push((post_id.clone(), comment["id"].as_str().unwrap().to_owned()));
+        }
+    }
+    eventually(WAIT, "every comment moderated", || async {
+        for (post_id, comment_id) in &pending {
+            if !matches!(
+                comment_status(&stack, post_id, comment_id).await.as_deref(),
+                Some("approved" | "rejected")
+            ) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let before = view_text(&stack).await;
+
+    stack.stop("query");
+    stack.wipe_database("query").await;
+    stack.restart("query").await;
+    // Ready means caught up with the log as it was at start-up: the whole view is back.
+    assert_eq!(view_text(&stack).await, before);
+}
