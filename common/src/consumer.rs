@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::{error_chain, ApiError};
-use crate::events::{Decoded, Envelope, Event, OneOrMany};
-use crate::http::{Authorized, JsonBody};
+use crate::events::{Decoded, Envelope, Event, OneOrMany, EVENTS_BODY_LIMIT};
+use crate::http::{Authorized, BodyLimit, JsonBody};
 use crate::outbox::OutboxWaker;
 use crate::server::Readiness;
 use crate::shutdown::ShutdownSignal;
@@ -271,8 +271,12 @@ pub fn spawn_catch_up<H: EventHandler>(
 
 /// Registers `POST /events`, where the bus delivers batches to this consumer.
 pub fn routes<H: EventHandler>(cfg: &mut web::ServiceConfig, consumer: web::Data<Consumer<H>>) {
-    cfg.app_data(consumer)
-        .route("/events", web::post().to(receive::<H>));
+    cfg.app_data(consumer).service(
+        web::resource("/events")
+            // A delivery is a batch of events, each of which the bus accepted.
+            .app_data(BodyLimit(EVENTS_BODY_LIMIT))
+            .route(web::post().to(receive::<H>)),
+    );
 }
 
 async fn receive<H: EventHandler>(

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::error_chain;
-use crate::events::{json_array, Publication};
+use crate::events::{cap_batch_bytes, json_array, Publication};
 use crate::shutdown::ShutdownSignal;
 
 /// Rows a relay publishes in one request.
@@ -126,7 +126,7 @@ impl OutboxRelay {
             .bind(RELAY_LOCK)
             .execute(&mut *tx)
             .await?;
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let mut rows: Vec<(i64, String)> = sqlx::query_as(
             "SELECT position, publication::text FROM outbox ORDER BY position LIMIT $1",
         )
         .bind(BATCH)
@@ -136,6 +136,7 @@ impl OutboxRelay {
             tx.commit().await?;
             return Ok(0);
         }
+        cap_batch_bytes(&mut rows, |(_, publication)| publication);
         let body = json_array(rows.iter().map(|(_, p)| p.as_str()));
         let accepted = self.bus.publish_json_array(body).await?;
         // Delete by position, never by range: a transaction still in flight may own a

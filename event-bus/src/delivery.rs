@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::backoff::Backoff;
 use common::config::Subscriber;
 use common::error::error_chain;
-use common::events::json_array;
+use common::events::{cap_batch_bytes, json_array};
 use common::shutdown::ShutdownSignal;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -110,7 +110,10 @@ impl Delivery {
                 .page_after(cursor, self.settings.batch_size)
                 .await
             {
-                Ok(batch) => batch,
+                Ok(mut batch) => {
+                    cap_batch_bytes(&mut batch, |e| &e.envelope);
+                    batch
+                }
                 Err(error) => {
                     self.failed(&format!("reading the log: {error}"));
                     signal.sleep(backoff.next_delay()).await;

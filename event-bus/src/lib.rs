@@ -24,9 +24,6 @@ use writer::LogWriter;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// Publishes may carry up to 1 MiB of events.
-const BODY_LIMIT: usize = 1024 * 1024;
-
 pub async fn build(config: BusConfig) -> Result<Application, StartError> {
     let pool = db::connect(&config.service.database_url, 16, Duration::from_secs(60)).await?;
     db::migrate(&pool, &MIGRATOR).await?;
@@ -50,7 +47,7 @@ pub async fn build(config: BusConfig) -> Result<Application, StartError> {
     });
     let token = EventsToken(config.service.event_bus_token.clone());
     let mut settings = ServerSettings::on_port(config.service.port);
-    settings.body_limit = BODY_LIMIT;
+    settings.body_limit = common::events::EVENTS_BODY_LIMIT;
     Application::start(
         settings,
         Readiness::database(pool),

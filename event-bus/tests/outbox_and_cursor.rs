@@ -61,6 +61,18 @@ fn post(n: usize) -> Publication {
     )
 }
 
+/// A post with a long title: a hundred of them make a delivery bigger than an API body.
+fn long_post(n: usize) -> Publication {
+    Publication::new(
+        &Event::PostCreated(PostCreated {
+            id: format!("p{n}"),
+            title: format!("{n} {}", "long title ".repeat(100)),
+        }),
+        "test",
+        None,
+    )
+}
+
 async fn applied_seqs(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar("SELECT seq FROM applied ORDER BY position")
         .fetch_all(pool)
@@ -271,8 +283,9 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
         },
     )
     .await;
+    // One commit, so one delivery batch: over the 64 KiB an API request may carry.
     bus.client()
-        .publish(&(2500..2600).map(post).collect::<Vec<_>>())
+        .publish(&(2500..2600).map(long_post).collect::<Vec<_>>())
         .await
         .unwrap();
     eventually(WAIT, "deliveries applied", || async {

@@ -91,7 +91,7 @@ async fn bad_input_gets_the_right_status_a_json_error_and_leaves_the_log_unchang
     bus.client().publish(&[numbered(0)]).await.unwrap();
     let too_large = format!(
         r#"{{"type":"Big","data":{{"blob":"{}"}}}}"#,
-        "x".repeat(1024 * 1024 + 1)
+        "x".repeat(common::events::EVENTS_BODY_LIMIT + 1)
     );
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         (
@@ -158,7 +158,7 @@ async fn bad_input_gets_the_right_status_a_json_error_and_leaves_the_log_unchang
             "invalid_body",
         ),
         (
-            "body over 1 MiB",
+            "body over the events body limit (8 MiB)",
             "application/json",
             too_large,
             413,

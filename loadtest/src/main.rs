@@ -1,8 +1,9 @@
 //! Load measurements, rerunnable: `cargo build --release --workspace` then
-//! `target/release/loadtest bus`. Each run starts its own PostgreSQL (durable settings)
+//! `target/release/loadtest bus` or `… flow`. Each run starts its own PostgreSQL (durable settings)
 //! and real service processes, reports figures, and removes everything it started.
 
 mod bus;
+mod flow;
 mod stack;
 
 #[tokio::main]
@@ -10,8 +11,9 @@ async fn main() -> std::process::ExitCode {
     let what = std::env::args().nth(1).unwrap_or_default();
     let result = match what.as_str() {
         "bus" => bus::run().await,
+        "flow" => flow::run().await,
         _ => {
-            eprintln!("usage: loadtest bus");
+            eprintln!("usage: loadtest bus|flow");
             return std::process::ExitCode::from(2);
         }
     };

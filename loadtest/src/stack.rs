@@ -70,7 +70,11 @@ impl Drop for Stack {
             let _ = child.wait();
         }
         let _ = cluster::stop(&self.dir.join("pg"));
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("LOADTEST_KEEP").is_some() {
+            eprintln!("kept {} (LOADTEST_KEEP is set)", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -122,4 +126,49 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// What `drive` gathered: each job's result in job order, and each job's latency.
+pub struct Driven<T> {
+    pub results: Vec<T>,
+    pub latencies_ms: Vec<f64>,
+}
+
+/// Runs jobs `0..count` from `concurrency` workers, each taking the next job as soon as
+/// its previous one finished (a closed loop, like the course's load tool).
+pub async fn drive<T, F, Fut>(concurrency: usize, count: usize, job: F) -> Result<Driven<T>, Error>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T, Error>> + Send,
+{
+    let job = std::sync::Arc::new(job);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (job, next) = (job.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= count {
+                        return Ok::<_, Error>(done);
+                    }
+                    let started = Instant::now();
+                    let result = job(n).await?;
+                    done.push((n, result, started.elapsed().as_secs_f64() * 1000.0));
+                }
+            })
+        })
+        .collect();
+    let mut done = Vec::with_capacity(count);
+    for worker in workers {
+        done.extend(worker.await??);
+    }
+    done.sort_by_key(|(n, _, _)| *n);
+    let latencies_ms = done.iter().map(|(_, _, ms)| *ms).collect();
+    Ok(Driven {
+        results: done.into_iter().map(|(_, result, _)| result).collect(),
+        latencies_ms,
+    })
 }

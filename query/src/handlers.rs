@@ -1,7 +1,7 @@
 //! How the view reacts to events, inside the consumer cursor's transaction. Changes are
 //! announced to live streams only after that transaction commits.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use common::consumer::EventHandler;
 use common::events::{Envelope, Event};
@@ -9,17 +9,20 @@ use serde_json::json;
 use sqlx::PgConnection;
 use tokio::sync::broadcast;
 
+use crate::cache::ViewCache;
 use crate::store;
 
 pub struct ViewHandler {
     pub changes: broadcast::Sender<String>,
+    cache: Arc<ViewCache>,
     pending: Mutex<Vec<String>>,
 }
 
 impl ViewHandler {
-    pub fn new(changes: broadcast::Sender<String>) -> Self {
+    pub fn new(changes: broadcast::Sender<String>, cache: Arc<ViewCache>) -> Self {
         Self {
             changes,
+            cache,
             pending: Mutex::new(Vec::new()),
         }
     }
@@ -68,6 +71,9 @@ impl EventHandler for ViewHandler {
             .lock()
             .map(|mut p| std::mem::take(&mut *p))
             .unwrap_or_default();
+        if !changes.is_empty() {
+            self.cache.invalidate();
+        }
         for change in changes {
             // No receivers is fine: nobody is watching.
             let _ = self.changes.send(change);

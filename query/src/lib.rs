@@ -1,6 +1,7 @@
 //! query: the denormalised posts-with-comments view, built from events, served in the
 //! course's shape, pushed live over Server-Sent Events, rebuildable from the log.
 
+pub mod cache;
 pub mod handlers;
 pub mod routes;
 pub mod store;
@@ -23,7 +24,8 @@ pub fn config_from_env(env: &Env) -> Result<BusUserConfig, ConfigError> {
 pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let mut startup = Startup::connect(config, &MIGRATOR).await?;
     let (changes, _) = broadcast::channel(4096);
-    let handler = handlers::ViewHandler::new(changes.clone());
+    let cache = std::sync::Arc::new(cache::ViewCache::default());
+    let handler = handlers::ViewHandler::new(changes.clone(), cache.clone());
     let consumer = startup.start_consumer(Consumer::new(
         startup.pool.clone(),
         startup.bus.clone(),
@@ -32,6 +34,7 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let state = web::Data::new(routes::QueryState {
         pool: startup.pool.clone(),
         changes,
+        cache,
         shutdown: startup.shutdown_signal(),
     });
     startup.serve(move |cfg: &mut web::ServiceConfig| {

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -8,11 +9,13 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 
+use crate::cache::ViewCache;
 use crate::store;
 
 pub struct QueryState {
     pub pool: PgPool,
     pub changes: broadcast::Sender<String>,
+    pub cache: Arc<ViewCache>,
     pub shutdown: ShutdownSignal,
 }
 
@@ -37,7 +40,13 @@ async fn view(req: HttpRequest, state: web::Data<QueryState>) -> Result<HttpResp
             "`limit` must be between 1 and 1000".into(),
         ));
     }
-    let json = store::view(&state.pool, paging.limit, paging.before.as_deref()).await?;
+    let key = (paging.limit, paging.before);
+    let json = state
+        .cache
+        .page(key.clone(), || {
+            store::view(&state.pool, key.0, key.1.as_deref())
+        })
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(json))
