@@ -162,6 +162,7 @@ impl Application {
             _ = termination_signal() => None,
         };
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        shutdown.drain();
         if server_result.is_none() {
             handle.stop(true).await;
         }

@@ -1,25 +1,43 @@
-//! A shutdown signal for background tasks (delivery loops, outbox relay, catch-up): the
+//! A shutdown signal in two phases. Draining: the server stopped accepting, and
+//! long-lived responses (live streams) must end so in-flight requests can finish.
+//! Triggered: background tasks (delivery loops, outbox relay, catch-up) stop; the
 //! application owns the sender and waits for every task after triggering it.
 
 use tokio::sync::watch;
 
 #[derive(Debug)]
-pub struct Shutdown(watch::Sender<bool>);
+pub struct Shutdown(watch::Sender<Phase>);
 
 #[derive(Debug, Clone)]
-pub struct ShutdownSignal(watch::Receiver<bool>);
+pub struct ShutdownSignal(watch::Receiver<Phase>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    Draining,
+    Stopped,
+}
 
 impl Shutdown {
     pub fn new() -> Self {
-        Self(watch::channel(false).0)
+        Self(watch::channel(Phase::Running).0)
     }
 
     pub fn signal(&self) -> ShutdownSignal {
         ShutdownSignal(self.0.subscribe())
     }
 
+    /// Ends live streams; background tasks keep running.
+    pub fn drain(&self) {
+        self.0.send_if_modified(|phase| {
+            let changed = *phase < Phase::Draining;
+            *phase = (*phase).max(Phase::Draining);
+            changed
+        });
+    }
+
     pub fn trigger(&self) {
-        self.0.send_replace(true);
+        self.0.send_replace(Phase::Stopped);
     }
 }
 
@@ -31,12 +49,17 @@ impl Default for Shutdown {
 
 impl ShutdownSignal {
     pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() == Phase::Stopped
     }
 
     /// Resolves once shutdown is triggered (or its owner is gone).
     pub async fn triggered(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let _ = self.0.wait_for(|phase| *phase == Phase::Stopped).await;
+    }
+
+    /// Resolves once the server stops accepting (or later phases, or its owner is gone).
+    pub async fn draining(&mut self) {
+        let _ = self.0.wait_for(|phase| *phase >= Phase::Draining).await;
     }
 
     /// Sleeps for `duration` unless shutdown comes first; true if it was shutdown.

@@ -97,7 +97,7 @@ async fn stream(state: web::Data<QueryState>) -> HttpResponse {
             },
             _ = live.heartbeat.tick() => ": keep-alive\n\n".to_owned(),
             // Open streams must not hold up a graceful shutdown.
-            _ = live.shutdown.triggered() => return None,
+            _ = live.shutdown.draining() => return None,
         };
         Some((Ok(Bytes::from(chunk)), live))
     });

@@ -184,3 +184,24 @@ async fn a_view_rebuilt_from_the_log_equals_the_view_before() {
     // Ready means caught up with the log as it was at start-up: the whole view is back.
     assert_eq!(view_text(&stack).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_live_stream_does_not_hold_up_a_graceful_stop() {
+    let mut stack = Stack::start().await;
+    let stream = http()
+        .get(format!("{}/posts/stream", stack.url("query")))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let stopping = std::time::Instant::now();
+    stack.stop("query");
+    // Well inside the 10 s grace period that an open stream used to use up entirely.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "query took {:?} to stop with a stream open",
+        stopping.elapsed()
+    );
+    drop(stream);
+}
