@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod outbox;
+pub mod pg_cluster;
 pub mod server;
 pub mod shutdown;
 pub mod startup;

@@ -1,0 +1,167 @@
+//! A PostgreSQL cluster run from the machine's own binaries: found on PATH or in
+//! Debian's versioned directory, run as the `postgres` user when we are root (PostgreSQL
+//! refuses root). The test harness, the load tool and the local runner all use it.
+
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Creates a cluster in `data` (which must not exist) and starts it on 127.0.0.1:`port`
+/// with the extra server `options`; trust authentication for user `postgres`.
+pub fn init_and_start(data: &Path, port: u16, options: &str) -> io::Result<()> {
+    init(data)?;
+    start(data, port, options)
+}
+
+/// Creates a cluster in `data` (which must not exist): trust authentication for user
+/// `postgres` on this machine only.
+pub fn init(data: &Path) -> io::Result<()> {
+    fs::create_dir_all(data)?;
+    chown_to_postgres(data)?;
+    run(pg_command("initdb")?.args([
+        "-D",
+        &path_str(data),
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "--no-instructions",
+    ]))
+}
+
+/// Whether `data` holds a cluster `init` created.
+pub fn is_initialized(data: &Path) -> bool {
+    data.join("PG_VERSION").is_file()
+}
+
+/// Starts the cluster in `data` on 127.0.0.1:`port` with extra server `options`, and
+/// waits until it accepts connections.
+pub fn start(data: &Path, port: u16, options: &str) -> io::Result<()> {
+    let options = format!(
+        "-p {port} -k {data} -c listen_addresses=127.0.0.1 -c shared_buffers=128MB {options}",
+        data = path_str(data)
+    );
+    run(pg_command("pg_ctl")?.args([
+        "-D",
+        &path_str(data),
+        "-l",
+        &path_str(&data.join("server.log")),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        &options,
+        "start",
+    ]))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum StopMode {
+    /// Disconnects clients and shuts down cleanly.
+    Fast,
+    /// Aborts at once; for clusters about to be deleted.
+    Immediate,
+}
+
+pub fn stop(data: &Path, mode: StopMode) -> io::Result<()> {
+    let mode = match mode {
+        StopMode::Fast => "fast",
+        StopMode::Immediate => "immediate",
+    };
+    run(pg_command("pg_ctl")?.args(["-D", &path_str(data), "-m", mode, "-w", "stop"]))
+}
+
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn run(command: &mut Command) -> io::Result<()> {
+    let output = command.stdin(Stdio::null()).output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
+
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL binary: on PATH, or in Debian's versioned directory.
+pub fn pg_binary(name: &str) -> io::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if let Some(found) = on_path {
+        return Ok(found);
+    }
+    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.into_iter().rev().find(|p| p.is_file()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("PostgreSQL's {name} was not found on PATH or in /usr/lib/postgresql/*/bin; install it with `apt-get install -y postgresql`"),
+        )
+    })
+}
+
+/// PostgreSQL refuses to run as root, so as root its tools run as the `postgres` user.
+fn pg_command(name: &str) -> io::Result<Command> {
+    let binary = pg_binary(name)?;
+    Ok(if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(binary);
+        command
+    } else {
+        Command::new(binary)
+    })
+}
+
+#[cfg(feature = "test-support")]
+pub(crate) fn pg_command_line(name: &str) -> io::Result<String> {
+    let binary = path_str(&pg_binary(name)?);
+    Ok(if is_root() {
+        format!("runuser -u postgres -- {binary}")
+    } else {
+        binary
+    })
+}
+
+fn chown_to_postgres(path: &Path) -> io::Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let id = |flag: &str| -> io::Result<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::other("no `postgres` system user: install PostgreSQL with `apt-get install -y postgresql`"))
+    };
+    std::os::unix::fs::chown(path, Some(id("-u")?), Some(id("-g")?))
+}
