@@ -31,7 +31,10 @@ pub async fn add_comment(
     Ok(done.rows_affected() == 1)
 }
 
-/// Applies an update unless the view already has this version or a newer one.
+/// Applies an update unless the view already has a newer version, or this very state.
+/// An equal version with a different state still applies: the course's services send
+/// `CommentUpdated` without a version (read as 0, the version of `CommentCreated`), and
+/// their moderation result must not be dropped as stale.
 pub async fn update_comment(
     conn: &mut PgConnection,
     comment: &CommentUpdated,
@@ -39,7 +42,9 @@ pub async fn update_comment(
     let done = sqlx::query(
         "INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status, version = EXCLUDED.version
-         WHERE comments.version < EXCLUDED.version",
+         WHERE comments.version < EXCLUDED.version
+            OR (comments.version = EXCLUDED.version
+                AND (comments.status, comments.content) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.content))",
     )
     .bind(&comment.id)
     .bind(&comment.post_id)

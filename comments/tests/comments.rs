@@ -1,0 +1,612 @@
+//! comments against real PostgreSQL: known posts, a comment and its `CommentCreated`
+//! event in one transaction, moderation turned into a versioned `CommentUpdated` exactly
+//! once, and over HTTP the short wait for a post that is still on its way.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use comments::domain::{Content, PostId};
+use comments::handlers::CommentsHandler;
+use comments::store;
+use common::bus::BusClient;
+use common::config::Env;
+use common::consumer::Consumer;
+use common::events::{CommentModerated, CommentStatus, Envelope, Event, PostCreated};
+use common::server::StopHandle;
+use common::telemetry::TraceParent;
+use common::testing::{cluster::free_port, eventually, init_test_logging, TestDatabase};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A fresh database with the comments schema and the shared tables (outbox, cursor).
+async fn comments_db() -> TestDatabase {
+    init_test_logging();
+    TestDatabase::new(&common::db::with_shared_migrations(&comments::MIGRATOR)).await
+}
+
+/// A bus nobody listens on: these tests deliver gap-free batches, so the consumer never
+/// needs to read from it.
+fn unreachable_bus() -> String {
+    format!("http://127.0.0.1:{}", free_port().unwrap())
+}
+
+fn consumer(db: &TestDatabase) -> (Consumer<CommentsHandler>, watch::Receiver<u64>) {
+    let (posts_learned, learned) = watch::channel(0);
+    let consumer = Consumer::new(
+        db.pool.clone(),
+        BusClient::new(&unreachable_bus(), None),
+        CommentsHandler { posts_learned },
+    );
+    (consumer, learned)
+}
+
+/// An envelope as the bus delivers it.
+fn envelope(seq: i64, event: &Event) -> Envelope {
+    let tagged = serde_json::to_value(event).unwrap();
+    serde_json::from_value(json!({
+        "id": Uuid::now_v7(),
+        "seq": seq,
+        "type": tagged["type"],
+        "data": tagged["data"],
+        "source": "test",
+        "occurredAt": "2026-11-22T18:00:00Z",
+        "traceparent": TraceParent::new_root().to_string(),
+    }))
+    .unwrap()
+}
+
+fn moderated(id: Uuid, post_id: &str, status: CommentStatus) -> Event {
+    Event::CommentModerated(CommentModerated {
+        id: id.to_string(),
+        post_id: post_id.to_owned(),
+        content: "whatever moderation saw".to_owned(),
+        status,
+    })
+}
+
+async fn known_post(db: &TestDatabase, id: &str) -> PostId {
+    let mut conn = db.pool.acquire().await.unwrap();
+    store::remember_post(&mut conn, id).await.unwrap();
+    PostId::parse(id).unwrap()
+}
+
+async fn new_comment(db: &TestDatabase, post: &PostId, content: &str) -> Uuid {
+    store::create_comment(
+        &db.pool,
+        post,
+        Content::parse(content).unwrap(),
+        &TraceParent::new_root(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Outbox publications of one type, oldest first.
+async fn published(pool: &PgPool, kind: &str) -> Vec<Value> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT publication::text FROM outbox WHERE publication->>'type' = $1 ORDER BY position",
+    )
+    .bind(kind)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect()
+}
+
+async fn status_and_version(pool: &PgPool, id: Uuid) -> (String, i64) {
+    sqlx::query_as("SELECT status, version FROM comments WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn remembering_a_post_twice_keeps_one_known_post() {
+    let db = comments_db().await;
+    let post = PostId::parse("abc123").unwrap();
+    assert!(!store::post_is_known(&db.pool, &post).await.unwrap());
+    let mut conn = db.pool.acquire().await.unwrap();
+    store::remember_post(&mut conn, "abc123").await.unwrap();
+    store::remember_post(&mut conn, "abc123").await.unwrap();
+    assert!(store::post_is_known(&db.pool, &post).await.unwrap());
+    assert!(
+        !store::post_is_known(&db.pool, &PostId::parse("other").unwrap())
+            .await
+            .unwrap()
+    );
+    assert_eq!(count(&db.pool, "known_posts").await, 1);
+}
+
+#[tokio::test]
+async fn a_comment_and_its_comment_created_event_are_written_in_one_transaction() {
+    let db = comments_db().await;
+    let post = known_post(&db, "p1").await;
+    let trace = TraceParent::new_root();
+    let id = store::create_comment(&db.pool, &post, Content::parse("  Nice  ").unwrap(), &trace)
+        .await
+        .unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    assert_eq!(
+        status_and_version(&db.pool, id).await,
+        ("pending".into(), 0)
+    );
+
+    let events = published(&db.pool, "CommentCreated").await;
+    assert_eq!(count(&db.pool, "outbox").await, 1);
+    assert_eq!(
+        events[0]["data"],
+        json!({"id": id.to_string(), "postId": "p1", "content": "Nice", "status": "pending"})
+    );
+    assert_eq!(events[0]["source"], "comments");
+    assert_eq!(events[0]["traceparent"], trace.to_string());
+    let xmins: Vec<String> = sqlx::query_scalar(
+        "SELECT xmin::text FROM comments UNION ALL SELECT xmin::text FROM outbox",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(xmins[0], xmins[1], "comment and event in two transactions");
+}
+
+#[tokio::test]
+async fn when_the_comment_created_event_cannot_be_written_no_comment_remains() {
+    let db = comments_db().await;
+    let post = known_post(&db, "p1").await;
+    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let failed = store::create_comment(
+        &db.pool,
+        &post,
+        Content::parse("lost").unwrap(),
+        &TraceParent::new_root(),
+    )
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        count(&db.pool, "comments").await,
+        0,
+        "a comment without its event"
+    );
+}
+
+#[tokio::test]
+async fn comments_of_lists_one_posts_comments_in_creation_order() {
+    let db = comments_db().await;
+    let first = known_post(&db, "p1").await;
+    let second = known_post(&db, "p2").await;
+    let mut expected = Vec::new();
+    for content in ["zzz", "aaa", "mmm"] {
+        expected.push((new_comment(&db, &first, content).await, content.to_owned()));
+        new_comment(&db, &second, "elsewhere").await;
+    }
+    let listed: Vec<(Uuid, String)> = store::comments_of(&db.pool, &first)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.content))
+        .collect();
+    assert_eq!(listed, expected);
+    let shown = serde_json::to_value(store::comments_of(&db.pool, &first).await.unwrap()).unwrap();
+    assert_eq!(
+        shown[0],
+        json!({"id": expected[0].0, "content": "zzz", "status": "pending"}),
+        "the course's comment shape"
+    );
+    assert!(store::comments_of(&db.pool, &PostId::parse("p3").unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn set_status_bumps_the_version_only_when_the_status_changes() {
+    let db = comments_db().await;
+    let post = known_post(&db, "p1").await;
+    let id = new_comment(&db, &post, "Nice").await;
+    let mut conn = db.pool.acquire().await.unwrap();
+
+    let approved = store::set_status(&mut conn, id, CommentStatus::Approved)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            approved.post_id.as_str(),
+            approved.content.as_str(),
+            approved.version
+        ),
+        ("p1", "Nice", 1)
+    );
+    let same = store::set_status(&mut conn, id, CommentStatus::Approved)
+        .await
+        .unwrap();
+    assert!(same.is_none(), "an unchanged status bumped the version");
+    let rejected = store::set_status(&mut conn, id, CommentStatus::Rejected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rejected.version, 2);
+    assert_eq!(
+        status_and_version(&db.pool, id).await,
+        ("rejected".into(), 2)
+    );
+    assert!(
+        store::set_status(&mut conn, Uuid::now_v7(), CommentStatus::Approved)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn post_created_makes_the_post_known_and_wakes_waiting_requests() {
+    let db = comments_db().await;
+    let (consumer, mut learned) = consumer(&db);
+    learned.borrow_and_update();
+    let created = Event::PostCreated(PostCreated {
+        id: "abc".into(),
+        title: "course post".into(),
+    });
+    let outcome = consumer.deliver(vec![envelope(1, &created)]).await.unwrap();
+    assert_eq!((outcome.applied, outcome.cursor), (1, 1));
+    assert!(
+        store::post_is_known(&db.pool, &PostId::parse("abc").unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(learned.has_changed().unwrap(), "waiting requests not woken");
+    // The same post announced again (a republish) is harmless.
+    consumer.deliver(vec![envelope(2, &created)]).await.unwrap();
+    assert_eq!(count(&db.pool, "known_posts").await, 1);
+}
+
+#[tokio::test]
+async fn moderation_sets_the_status_and_emits_comment_updated_with_the_new_version_in_one_transaction(
+) {
+    let db = comments_db().await;
+    let post = known_post(&db, "p1").await;
+    let id = new_comment(&db, &post, "Nice").await;
+    let (consumer, _learned) = consumer(&db);
+    let decision = envelope(1, &moderated(id, "p1", CommentStatus::Approved));
+    consumer.deliver(vec![decision.clone()]).await.unwrap();
+
+    assert_eq!(
+        status_and_version(&db.pool, id).await,
+        ("approved".into(), 1)
+    );
+    let updates = published(&db.pool, "CommentUpdated").await;
+    assert_eq!(updates.len(), 1);
+    assert_eq!(
+        updates[0]["data"],
+        json!({"id": id.to_string(), "postId": "p1", "content": "Nice", "status": "approved", "version": 1}),
+        "content is the comment's own, version the bumped one"
+    );
+    assert_eq!(updates[0]["source"], "comments");
+    let cause = TraceParent::parse(decision.traceparent.as_deref().unwrap()).unwrap();
+    let continued = TraceParent::parse(updates[0]["traceparent"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        continued.trace_id, cause.trace_id,
+        "the trace was not carried on"
+    );
+
+    let xmins: Vec<String> = sqlx::query_scalar(
+        "SELECT xmin::text FROM comments
+         UNION ALL SELECT xmin::text FROM outbox WHERE publication->>'type' = 'CommentUpdated'
+         UNION ALL SELECT xmin::text FROM consumer_cursor",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        xmins.iter().all(|x| *x == xmins[0]),
+        "status, event and cursor in different transactions: {xmins:?}"
+    );
+
+    // A later, different decision is a new version with its own event.
+    consumer
+        .deliver(vec![envelope(
+            2,
+            &moderated(id, "p1", CommentStatus::Rejected),
+        )])
+        .await
+        .unwrap();
+    let versions: Vec<Value> = published(&db.pool, "CommentUpdated")
+        .await
+        .iter()
+        .map(|e| json!([e["data"]["status"], e["data"]["version"]]))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![json!(["approved", 1]), json!(["rejected", 2])]
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_decision_bumps_no_version_and_emits_no_second_event() {
+    let db = comments_db().await;
+    let post = known_post(&db, "p1").await;
+    let id = new_comment(&db, &post, "Nice").await;
+    let (consumer, _learned) = consumer(&db);
+    let decision = envelope(1, &moderated(id, "p1", CommentStatus::Approved));
+    consumer.deliver(vec![decision.clone()]).await.unwrap();
+
+    // The bus delivers the same seq again (at-least-once): skipped by the cursor.
+    let again = consumer.deliver(vec![decision]).await.unwrap();
+    assert_eq!((again.applied, again.skipped, again.cursor), (0, 1, 1));
+    // The same decision published twice (a new seq): the status is unchanged, so no bump.
+    let republished = envelope(2, &moderated(id, "p1", CommentStatus::Approved));
+    consumer.deliver(vec![republished]).await.unwrap();
+
+    assert_eq!(
+        status_and_version(&db.pool, id).await,
+        ("approved".into(), 1)
+    );
+    assert_eq!(published(&db.pool, "CommentUpdated").await.len(), 1);
+}
+
+#[tokio::test]
+async fn when_the_comment_updated_event_cannot_be_written_the_status_and_cursor_stay() {
+    let db = comments_db().await;
+    let post = known_post(&db, "p1").await;
+    let id = new_comment(&db, &post, "Nice").await;
+    let (consumer, _learned) = consumer(&db);
+    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let decision = envelope(1, &moderated(id, "p1", CommentStatus::Approved));
+    assert!(consumer.deliver(vec![decision.clone()]).await.is_err());
+    assert_eq!(
+        status_and_version(&db.pool, id).await,
+        ("pending".into(), 0)
+    );
+    assert_eq!(consumer.cursor().await.unwrap(), 0);
+
+    // Redelivered once the outbox is back, it applies in full.
+    sqlx::query("ALTER TABLE outbox_gone RENAME TO outbox")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    consumer.deliver(vec![decision]).await.unwrap();
+    assert_eq!(
+        status_and_version(&db.pool, id).await,
+        ("approved".into(), 1)
+    );
+    assert_eq!(published(&db.pool, "CommentUpdated").await.len(), 1);
+}
+
+#[tokio::test]
+async fn decisions_about_comments_that_are_not_ours_are_ignored() {
+    let db = comments_db().await;
+    let (consumer, _learned) = consumer(&db);
+    let course = Event::CommentModerated(CommentModerated {
+        id: "5f2a9c".into(),
+        post_id: "p1".into(),
+        content: "from the course's comments service".into(),
+        status: CommentStatus::Approved,
+    });
+    let unknown = moderated(Uuid::now_v7(), "p1", CommentStatus::Rejected);
+    let outcome = consumer
+        .deliver(vec![envelope(1, &course), envelope(2, &unknown)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.applied, outcome.cursor),
+        (2, 2),
+        "the stream must go on"
+    );
+    assert_eq!(count(&db.pool, "outbox").await, 0);
+}
+
+/// The comments app on port 0 with an unreachable bus: deliveries come straight to its
+/// `POST /events`, and its outbox keeps what it writes.
+struct RunningComments {
+    url: String,
+    stop: StopHandle,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningComments {
+    async fn start(db: &TestDatabase) -> Self {
+        let bus = unreachable_bus();
+        let env = Env::from_pairs([
+            ("PORT", "0"),
+            ("DATABASE_URL", db.url.as_str()),
+            ("EVENT_BUS_URL", bus.as_str()),
+        ]);
+        let app = comments::build(comments::config_from_env(&env).unwrap())
+            .await
+            .unwrap();
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let stop = app.stop_handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        Self { url, stop, task }
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn deliver(&self, envelope: &Envelope) {
+        let (status, answer) = self.post_json("/events", &json!([envelope])).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    async fn stop(self) {
+        self.stop.stop();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comment_on_a_known_post_is_201_with_the_posts_comments() {
+    let db = comments_db().await;
+    let app = RunningComments::start(&db).await;
+    let post = Event::PostCreated(PostCreated {
+        id: "p1".into(),
+        title: "t".into(),
+    });
+    app.deliver(&envelope(1, &post)).await;
+
+    let (status, first) = app
+        .post_json("/posts/p1/comments", &json!({"content": " one "}))
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, both) = app
+        .post_json("/posts/p1/comments", &json!({"content": "two"}))
+        .await;
+    assert_eq!(status, 201, "{both}");
+    let id = first[0]["id"].as_str().unwrap();
+    assert_eq!(
+        first,
+        json!([{"id": id, "content": "one", "status": "pending"}])
+    );
+    assert_eq!(both[0], first[0]);
+    assert_eq!(both[1]["content"], "two");
+    let listed: Value = reqwest::get(format!("{}/posts/p1/comments", app.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, both);
+    assert_eq!(published(&db.pool, "CommentCreated").await.len(), 2);
+
+    // Refused input writes nothing.
+    for body in [
+        json!({}),
+        json!({"content": "  "}),
+        json!({"content": "x".repeat(1001)}),
+    ] {
+        let (status, error) = app.post_json("/posts/p1/comments", &body).await;
+        assert_eq!(status, 422, "{body}: {error}");
+    }
+    assert_eq!(count(&db.pool, "comments").await, 2);
+    assert_eq!(count(&db.pool, "outbox").await, 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comment_on_an_unknown_post_is_404_after_the_grace_wait_and_writes_nothing() {
+    let db = comments_db().await;
+    let app = RunningComments::start(&db).await;
+    let started = Instant::now();
+    let (status, error) = app
+        .post_json("/posts/nosuchpost/comments", &json!({"content": "hello?"}))
+        .await;
+    assert_eq!(status, 404, "{error}");
+    assert_eq!(error["error"]["code"], "not_found");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "gave up after {:?}, before the grace period",
+        started.elapsed()
+    );
+    let (status, _) = app
+        .post_json(
+            "/posts/not%20an%20id/comments",
+            &json!({"content": "hello?"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(count(&db.pool, "comments").await, 0);
+    assert_eq!(count(&db.pool, "outbox").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comment_on_a_post_that_becomes_known_during_the_wait_is_201() {
+    let db = comments_db().await;
+    let app = RunningComments::start(&db).await;
+    // Hold the request's first look at known_posts until we have seen it start, then let
+    // it find nothing: the post arrives only once the request is waiting for it.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE known_posts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let url = app.url.clone();
+    let request = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("{url}/posts/late/comments"))
+            .json(&json!({"content": "first!"}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    });
+    let looking = "SELECT pid FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE '%known_posts%'";
+    let waiting = Mutex::new(None::<i32>);
+    eventually(WAIT, "the request looks for the post", || async {
+        let pid = sqlx::query_scalar(looking)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+        *waiting.lock().unwrap() = pid;
+        pid.is_some()
+    })
+    .await;
+    let pid = waiting.lock().unwrap().unwrap();
+    blocker.rollback().await.unwrap();
+    eventually(WAIT, "the request found no post and waits", || async {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        state.as_deref() == Some("idle")
+    })
+    .await;
+
+    let post = Event::PostCreated(PostCreated {
+        id: "late".into(),
+        title: "t".into(),
+    });
+    app.deliver(&envelope(1, &post)).await;
+    let (status, comments) = request.await.unwrap();
+    assert_eq!(status, 201, "{comments}");
+    assert_eq!(comments[0]["content"], "first!");
+    assert_eq!(published(&db.pool, "CommentCreated").await.len(), 1);
+    app.stop().await;
+}
+
+#[test]
+fn content_and_post_ids_parse_as_the_api_promises() {
+    assert_eq!(Content::parse("  hi  ").unwrap().as_str(), "hi");
+    assert!(Content::parse(&"é".repeat(1000)).is_ok());
+    assert!(Content::parse(&"é".repeat(1001)).is_err());
+    assert!(PostId::parse("0190b8a4-7d3c-7cc1-8f5e-3f1d2c4b5a69").is_ok());
+    assert!(PostId::parse("5f2a9c").is_ok());
+    for bad in ["", "a b", "../x", &"a".repeat(101)] {
+        assert!(PostId::parse(bad).is_err(), "{bad:?}");
+    }
+}

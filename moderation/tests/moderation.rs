@@ -1,0 +1,307 @@
+//! moderation against real PostgreSQL: the blocklist and its configuration, one stored
+//! decision per comment, and one `CommentModerated` event per decision, written with it
+//! in one transaction — however often the comment's `CommentCreated` arrives.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::time::Duration;
+
+use common::bus::BusClient;
+use common::config::Env;
+use common::consumer::Consumer;
+use common::events::{CommentCreated, CommentStatus, Envelope, Event};
+use common::telemetry::TraceParent;
+use common::testing::{cluster::free_port, init_test_logging, TestDatabase};
+use moderation::domain::Blocklist;
+use moderation::handlers::Moderator;
+use moderation::store;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A fresh database with the moderation schema and the shared tables (outbox, cursor).
+async fn moderation_db() -> TestDatabase {
+    init_test_logging();
+    TestDatabase::new(&common::db::with_shared_migrations(&moderation::MIGRATOR)).await
+}
+
+fn unreachable_bus() -> String {
+    format!("http://127.0.0.1:{}", free_port().unwrap())
+}
+
+/// A consumer with the course's blocklist; the batches these tests deliver are gap-free,
+/// so it never reads from the (unreachable) bus.
+fn consumer(db: &TestDatabase) -> Consumer<Moderator> {
+    Consumer::new(
+        db.pool.clone(),
+        BusClient::new(&unreachable_bus(), None),
+        Moderator {
+            blocklist: Blocklist::course_default(),
+        },
+    )
+}
+
+fn comment_created(id: &str, content: &str) -> Event {
+    Event::CommentCreated(CommentCreated {
+        id: id.to_owned(),
+        post_id: "p1".to_owned(),
+        content: content.to_owned(),
+        status: CommentStatus::Pending,
+    })
+}
+
+/// An envelope as the bus delivers it.
+fn envelope(seq: i64, event: &Event) -> Envelope {
+    let tagged = serde_json::to_value(event).unwrap();
+    serde_json::from_value(json!({
+        "id": Uuid::now_v7(),
+        "seq": seq,
+        "type": tagged["type"],
+        "data": tagged["data"],
+        "source": "comments",
+        "occurredAt": "2026-11-22T18:00:00Z",
+        "traceparent": TraceParent::new_root().to_string(),
+    }))
+    .unwrap()
+}
+
+async fn decisions(pool: &PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as("SELECT comment_id, post_id, status FROM decisions ORDER BY comment_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Outbox publications, oldest first.
+async fn published(pool: &PgPool) -> Vec<Value> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT publication::text FROM outbox ORDER BY position")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect()
+}
+
+fn blocklist_from(value: Option<&str>) -> Blocklist {
+    let mut pairs = vec![
+        ("DATABASE_URL", "postgres://unused"),
+        ("EVENT_BUS_URL", "http://event-bus-srv:4005"),
+    ];
+    if let Some(value) = value {
+        pairs.push(("MODERATION_BLOCKLIST", value));
+    }
+    moderation::config_from_env(&Env::from_pairs(pairs))
+        .unwrap()
+        .blocklist
+}
+
+#[test]
+fn the_course_rule_rejects_orange_in_any_case_anywhere() {
+    let list = Blocklist::course_default();
+    for rejected in [
+        "orange",
+        "ORANGE",
+        "I like OrAnGe juice",
+        "oranges!",
+        "blood-orange",
+    ] {
+        assert_eq!(list.decide(rejected), CommentStatus::Rejected, "{rejected}");
+    }
+    for approved in ["apple", "oran ge", "Nice post", ""] {
+        assert_eq!(list.decide(approved), CommentStatus::Approved, "{approved}");
+    }
+}
+
+#[test]
+fn moderation_blocklist_overrides_the_default_and_ignores_spaces_and_empty_entries() {
+    assert_eq!(blocklist_from(None), Blocklist::course_default());
+    // Empty counts as unset, as in a Kubernetes manifest.
+    assert_eq!(blocklist_from(Some("")), Blocklist::course_default());
+    assert_eq!(blocklist_from(Some("   ")), Blocklist::course_default());
+
+    let custom = blocklist_from(Some(" Spam, ,EGGS ,, "));
+    assert_eq!(custom, Blocklist::parse("spam,eggs"));
+    assert_eq!(custom.decide("SPAM and ham"), CommentStatus::Rejected);
+    assert_eq!(custom.decide("green eggs"), CommentStatus::Rejected);
+    assert_eq!(
+        custom.decide("orange"),
+        CommentStatus::Approved,
+        "an override replaces the default"
+    );
+    // An empty entry must never become "" (which every comment contains).
+    assert_eq!(custom.decide("ham"), CommentStatus::Approved);
+    assert_eq!(
+        Blocklist::parse(", ,").decide("anything"),
+        CommentStatus::Approved
+    );
+}
+
+#[tokio::test]
+async fn a_decision_is_recorded_once_and_never_changed() {
+    let db = moderation_db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert!(
+        store::record_decision(&mut conn, "c1", "p1", CommentStatus::Approved)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::record_decision(&mut conn, "c1", "p1", CommentStatus::Rejected)
+            .await
+            .unwrap(),
+        "a second decision was recorded"
+    );
+    assert!(
+        store::record_decision(&mut conn, "c2", "p1", CommentStatus::Rejected)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        decisions(&db.pool).await,
+        vec![
+            ("c1".into(), "p1".into(), "approved".into()),
+            ("c2".into(), "p1".into(), "rejected".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_new_comment_gets_one_decision_and_one_comment_moderated_event_in_one_transaction() {
+    let db = moderation_db().await;
+    let consumer = consumer(&db);
+    let fine = envelope(1, &comment_created("c1", "Nice post"));
+    let blocked = envelope(2, &comment_created("c2", "I love ORANGE juice"));
+    let outcome = consumer.deliver(vec![fine.clone(), blocked]).await.unwrap();
+    assert_eq!((outcome.applied, outcome.cursor), (2, 2));
+
+    assert_eq!(
+        decisions(&db.pool).await,
+        vec![
+            ("c1".into(), "p1".into(), "approved".into()),
+            ("c2".into(), "p1".into(), "rejected".into()),
+        ]
+    );
+    let events = published(&db.pool).await;
+    let data: Vec<&Value> = events.iter().map(|e| &e["data"]).collect();
+    assert_eq!(
+        data,
+        vec![
+            &json!({"id": "c1", "postId": "p1", "content": "Nice post", "status": "approved"}),
+            &json!({"id": "c2", "postId": "p1", "content": "I love ORANGE juice", "status": "rejected"}),
+        ]
+    );
+    assert!(events.iter().all(|e| e["type"] == "CommentModerated"));
+    assert!(events.iter().all(|e| e["source"] == "moderation"));
+    let cause = TraceParent::parse(fine.traceparent.as_deref().unwrap()).unwrap();
+    let continued = TraceParent::parse(events[0]["traceparent"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        continued.trace_id, cause.trace_id,
+        "the trace was not carried on"
+    );
+
+    let xmins: Vec<String> = sqlx::query_scalar(
+        "SELECT xmin::text FROM decisions UNION ALL SELECT xmin::text FROM outbox
+         UNION ALL SELECT xmin::text FROM consumer_cursor",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        xmins.iter().all(|x| *x == xmins[0]),
+        "decision, event and cursor in different transactions: {xmins:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_comment_created_yields_no_second_decision_and_no_second_event() {
+    let db = moderation_db().await;
+    let consumer = consumer(&db);
+    let created = envelope(1, &comment_created("c1", "Nice post"));
+    consumer.deliver(vec![created.clone()]).await.unwrap();
+
+    // The bus delivers the same seq again (at-least-once): skipped by the cursor.
+    let again = consumer.deliver(vec![created]).await.unwrap();
+    assert_eq!((again.applied, again.skipped, again.cursor), (0, 1, 1));
+    // The same comment published twice (the course's services may): a new seq, and
+    // even with other content the stored decision stands and no event follows.
+    let republished = envelope(2, &comment_created("c1", "now with orange"));
+    let outcome = consumer.deliver(vec![republished]).await.unwrap();
+    assert_eq!((outcome.applied, outcome.cursor), (1, 2));
+
+    assert_eq!(
+        decisions(&db.pool).await,
+        vec![("c1".into(), "p1".into(), "approved".into())]
+    );
+    let events = published(&db.pool).await;
+    assert_eq!(events.len(), 1, "a second CommentModerated: {events:?}");
+    assert_eq!(events[0]["data"]["status"], "approved");
+}
+
+#[tokio::test]
+async fn when_the_event_cannot_be_written_no_decision_is_kept() {
+    let db = moderation_db().await;
+    let consumer = consumer(&db);
+    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let created = envelope(1, &comment_created("c1", "Nice post"));
+    assert!(consumer.deliver(vec![created.clone()]).await.is_err());
+    // A decision kept without its event would be announced never.
+    assert!(decisions(&db.pool).await.is_empty());
+    assert_eq!(consumer.cursor().await.unwrap(), 0);
+
+    sqlx::query("ALTER TABLE outbox_gone RENAME TO outbox")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    consumer.deliver(vec![created]).await.unwrap();
+    assert_eq!(decisions(&db.pool).await.len(), 1);
+    assert_eq!(published(&db.pool).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_moderates_deliveries_with_the_configured_blocklist() {
+    let db = moderation_db().await;
+    let bus = unreachable_bus();
+    let env = Env::from_pairs([
+        ("PORT", "0"),
+        ("DATABASE_URL", db.url.as_str()),
+        ("EVENT_BUS_URL", bus.as_str()),
+        ("MODERATION_BLOCKLIST", "spam, eggs"),
+    ]);
+    let app = moderation::build(moderation::config_from_env(&env).unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/events", app.port());
+    let stop = app.stop_handle();
+    let task = tokio::spawn(app.run_until_stopped());
+
+    let batch = vec![
+        envelope(1, &comment_created("c1", "Buy SPAM now")),
+        envelope(2, &comment_created("c2", "orange is fine here")),
+    ];
+    let response = reqwest::Client::new()
+        .post(&url)
+        .timeout(Duration::from_secs(30))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome, json!({"applied": 2, "skipped": 0, "cursor": 2}));
+    assert_eq!(
+        decisions(&db.pool).await,
+        vec![
+            ("c1".into(), "p1".into(), "rejected".into()),
+            ("c2".into(), "p1".into(), "approved".into()),
+        ]
+    );
+    // The bus is unreachable: both events wait in the outbox.
+    assert_eq!(published(&db.pool).await.len(), 2);
+    stop.stop();
+    task.await.unwrap().unwrap();
+}

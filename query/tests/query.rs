@@ -1,0 +1,595 @@
+//! query against real PostgreSQL: the view in the course's shape and in creation order,
+//! paging, out-of-order safety (older versions, comments before their posts), and over
+//! HTTP catch-up before ready, input errors, and a page cache that never serves a page
+//! older than the view.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use common::bus::BusClient;
+use common::config::Env;
+use common::consumer::Consumer;
+use common::events::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
+use common::server::StopHandle;
+use common::testing::{cluster::free_port, eventually, init_test_logging, TestDatabase};
+use query::cache::ViewCache;
+use query::handlers::ViewHandler;
+use query::store;
+use serde_json::{json, Value};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A fresh database with the view's schema and the shared tables (consumer cursor).
+async fn query_db() -> TestDatabase {
+    init_test_logging();
+    TestDatabase::new(&common::db::with_shared_migrations(&query::MIGRATOR)).await
+}
+
+async fn conn(db: &TestDatabase) -> PoolConnection<Postgres> {
+    db.pool.acquire().await.unwrap()
+}
+
+fn post(id: &str, title: &str) -> PostCreated {
+    PostCreated {
+        id: id.into(),
+        title: title.into(),
+    }
+}
+
+fn comment(id: &str, post_id: &str, content: &str) -> CommentCreated {
+    CommentCreated {
+        id: id.into(),
+        post_id: post_id.into(),
+        content: content.into(),
+        status: CommentStatus::Pending,
+    }
+}
+
+fn update(id: &str, post_id: &str, status: CommentStatus, version: i64) -> CommentUpdated {
+    CommentUpdated {
+        id: id.into(),
+        post_id: post_id.into(),
+        content: format!("content of {id}"),
+        status,
+        version,
+    }
+}
+
+/// An envelope as the bus delivers it.
+fn envelope(seq: i64, event: &Event) -> Envelope {
+    let tagged = serde_json::to_value(event).unwrap();
+    envelope_of(seq, &tagged["type"], &tagged["data"])
+}
+
+fn envelope_of(seq: i64, kind: &Value, data: &Value) -> Envelope {
+    serde_json::from_value(json!({
+        "id": Uuid::now_v7(),
+        "seq": seq,
+        "type": kind,
+        "data": data,
+        "source": "test",
+        "occurredAt": "2026-11-22T18:00:00Z",
+    }))
+    .unwrap()
+}
+
+async fn view(pool: &PgPool, limit: Option<i64>, before: Option<&str>) -> Value {
+    serde_json::from_str(&store::view(pool, limit, before).await.unwrap()).unwrap()
+}
+
+fn keys(view: &Value) -> Vec<&str> {
+    view.as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+async fn status_of(pool: &PgPool, post_id: &str, comment_id: &str) -> Value {
+    let post: Value =
+        serde_json::from_str(&store::post(pool, post_id).await.unwrap().unwrap()).unwrap();
+    post["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == comment_id)
+        .map(|c| c["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn the_view_has_the_courses_shape_in_creation_order() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    assert_eq!(view(&db.pool, None, None).await, json!({}));
+    // Ids that sort opposite to creation order: the view must follow creation.
+    for (id, title) in [("zz", "first"), ("mm", "second"), ("aa", "third")] {
+        assert!(store::add_post(&mut conn, &post(id, title)).await.unwrap());
+    }
+    for (id, content) in [("c9", "one"), ("c5", "two"), ("c1", "three")] {
+        assert!(store::add_comment(&mut conn, &comment(id, "mm", content))
+            .await
+            .unwrap());
+    }
+    store::update_comment(&mut conn, &update("c5", "mm", CommentStatus::Approved, 1))
+        .await
+        .unwrap();
+
+    let whole = view(&db.pool, None, None).await;
+    assert_eq!(keys(&whole), ["zz", "mm", "aa"]);
+    assert_eq!(
+        whole,
+        json!({
+            "zz": {"id": "zz", "title": "first", "comments": []},
+            "mm": {"id": "mm", "title": "second", "comments": [
+                {"id": "c9", "content": "one", "status": "pending"},
+                {"id": "c5", "content": "content of c5", "status": "approved"},
+                {"id": "c1", "content": "three", "status": "pending"},
+            ]},
+            "aa": {"id": "aa", "title": "third", "comments": []},
+        })
+    );
+    let ids: Vec<&Value> = whole["mm"]["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["id"])
+        .collect();
+    assert_eq!(ids, ["c9", "c5", "c1"], "comments not in creation order");
+}
+
+#[tokio::test]
+async fn adding_a_post_or_comment_twice_changes_nothing() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    assert!(store::add_post(&mut conn, &post("p1", "original"))
+        .await
+        .unwrap());
+    assert!(!store::add_post(&mut conn, &post("p1", "replayed"))
+        .await
+        .unwrap());
+    assert!(
+        store::add_comment(&mut conn, &comment("c1", "p1", "original"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::add_comment(&mut conn, &comment("c1", "p1", "replayed"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        view(&db.pool, None, None).await,
+        json!({"p1": {"id": "p1", "title": "original", "comments": [
+            {"id": "c1", "content": "original", "status": "pending"}
+        ]}})
+    );
+}
+
+#[tokio::test]
+async fn an_older_version_never_overwrites_a_newer_one() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
+    store::add_comment(&mut conn, &comment("c1", "p1", "hello"))
+        .await
+        .unwrap();
+    assert!(
+        store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Rejected, 2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Approved, 1))
+            .await
+            .unwrap(),
+        "version 1 applied over version 2"
+    );
+    assert!(
+        !store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Rejected, 2))
+            .await
+            .unwrap(),
+        "the same version again counts as a change"
+    );
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "rejected");
+    assert!(
+        store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Approved, 3))
+            .await
+            .unwrap()
+    );
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
+}
+
+#[tokio::test]
+async fn an_update_that_overtakes_its_comment_created_is_kept() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
+    assert!(
+        store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Approved, 1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::add_comment(&mut conn, &comment("c1", "p1", "hello"))
+            .await
+            .unwrap(),
+        "the late CommentCreated replaced a newer state"
+    );
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
+}
+
+#[tokio::test]
+async fn a_course_comment_updated_without_a_version_still_updates_a_pending_comment() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
+    store::add_comment(&mut conn, &comment("c1", "p1", "hello"))
+        .await
+        .unwrap();
+    // What the course's comments service sends: no version, which reads as 0.
+    let course: CommentUpdated = serde_json::from_value(
+        json!({"id": "c1", "postId": "p1", "content": "hello", "status": "approved"}),
+    )
+    .unwrap();
+    assert_eq!(course.version, 0);
+    assert!(store::update_comment(&mut conn, &course).await.unwrap());
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
+    // Replayed, it is no change at all.
+    assert!(!store::update_comment(&mut conn, &course).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_comment_that_arrives_before_its_post_shows_under_it_once_the_post_arrives() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    assert!(store::add_comment(&mut conn, &comment("c1", "p1", "early"))
+        .await
+        .unwrap());
+    assert_eq!(
+        view(&db.pool, None, None).await,
+        json!({}),
+        "a comment without its post is not a post"
+    );
+    assert!(store::post(&db.pool, "p1").await.unwrap().is_none());
+    store::add_post(&mut conn, &post("p1", "late"))
+        .await
+        .unwrap();
+    assert_eq!(
+        view(&db.pool, None, None).await,
+        json!({"p1": {"id": "p1", "title": "late", "comments": [
+            {"id": "c1", "content": "early", "status": "pending"}
+        ]}})
+    );
+}
+
+/// Posts p1..=p5, created in that order.
+async fn five_posts(db: &TestDatabase) {
+    let mut conn = conn(db).await;
+    for n in 1..=5 {
+        store::add_post(&mut conn, &post(&format!("p{n}"), &format!("post {n}")))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn limit_returns_the_newest_posts_in_creation_order() {
+    let db = query_db().await;
+    five_posts(&db).await;
+    assert_eq!(keys(&view(&db.pool, Some(2), None).await), ["p4", "p5"]);
+    assert_eq!(keys(&view(&db.pool, Some(1), None).await), ["p5"]);
+    assert_eq!(
+        keys(&view(&db.pool, Some(1000), None).await),
+        ["p1", "p2", "p3", "p4", "p5"]
+    );
+    assert_eq!(
+        view(&db.pool, Some(2), None).await["p5"],
+        json!({"id": "p5", "title": "post 5", "comments": []})
+    );
+}
+
+#[tokio::test]
+async fn before_pages_backwards_through_every_post_exactly_once() {
+    let db = query_db().await;
+    five_posts(&db).await;
+    // `before` is a post id: the page holds the `limit` newest posts created before it.
+    let mut pages = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = view(&db.pool, Some(2), before.as_deref()).await;
+        let ids: Vec<String> = keys(&page).into_iter().map(str::to_owned).collect();
+        if ids.is_empty() {
+            break;
+        }
+        before = Some(ids[0].clone());
+        pages.push(ids);
+    }
+    assert_eq!(
+        pages,
+        vec![vec!["p4", "p5"], vec!["p2", "p3"], vec!["p1"]],
+        "pages overlap, skip posts or are out of order"
+    );
+    // Without a limit: everything older than `before`.
+    assert_eq!(keys(&view(&db.pool, None, Some("p3")).await), ["p1", "p2"]);
+    // Nothing is older than the first post, and an unknown cursor matches nothing.
+    assert_eq!(view(&db.pool, Some(2), Some("p1")).await, json!({}));
+    assert_eq!(view(&db.pool, Some(2), Some("nosuchpost")).await, json!({}));
+}
+
+#[tokio::test]
+async fn one_post_is_served_in_the_courses_shape_and_an_unknown_one_is_none() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
+    store::add_post(&mut conn, &post("p2", "other"))
+        .await
+        .unwrap();
+    store::add_comment(&mut conn, &comment("c1", "p1", "hi"))
+        .await
+        .unwrap();
+    let one: Value =
+        serde_json::from_str(&store::post(&db.pool, "p1").await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        one,
+        json!({"id": "p1", "title": "t", "comments": [{"id": "c1", "content": "hi", "status": "pending"}]})
+    );
+    assert!(store::post(&db.pool, "nosuchpost").await.unwrap().is_none());
+}
+
+fn unreachable_bus() -> String {
+    format!("http://127.0.0.1:{}", free_port().unwrap())
+}
+
+#[tokio::test]
+async fn the_handler_announces_each_change_after_commit_and_nothing_for_repeats() {
+    let db = query_db().await;
+    let (changes, mut live) = broadcast::channel(64);
+    let cache = std::sync::Arc::new(ViewCache::default());
+    let consumer = Consumer::new(
+        db.pool.clone(),
+        BusClient::new(&unreachable_bus(), None),
+        ViewHandler::new(changes, cache),
+    );
+    let batch = vec![
+        envelope(1, &Event::PostCreated(post("p1", "t"))),
+        envelope(2, &Event::CommentCreated(comment("c1", "p1", "hi"))),
+        envelope(
+            3,
+            &Event::CommentUpdated(update("c1", "p1", CommentStatus::Approved, 2)),
+        ),
+        // Stale and repeated events change nothing, so they announce nothing.
+        envelope(
+            4,
+            &Event::CommentUpdated(update("c1", "p1", CommentStatus::Rejected, 1)),
+        ),
+        envelope(5, &Event::PostCreated(post("p1", "again"))),
+        envelope_of(6, &json!("SomethingNew"), &json!({"x": 1})),
+    ];
+    let outcome = consumer.deliver(batch.clone()).await.unwrap();
+    assert_eq!((outcome.applied, outcome.cursor), (6, 6));
+    let mut announced = Vec::new();
+    while let Ok(change) = live.try_recv() {
+        let change: Value = serde_json::from_str(&change).unwrap();
+        announced.push(json!([change["type"], change["seq"]]));
+    }
+    assert_eq!(
+        announced,
+        vec![
+            json!(["PostCreated", 1]),
+            json!(["CommentCreated", 2]),
+            json!(["CommentUpdated", 3])
+        ]
+    );
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
+
+    let again = consumer.deliver(batch).await.unwrap();
+    assert_eq!((again.applied, again.skipped), (0, 6));
+    assert!(live.try_recv().is_err(), "a redelivery was announced");
+}
+
+/// A stand-in for the bus's read side: `GET /events?after=&limit=` over a fixed log.
+struct FakeBus {
+    url: String,
+    server: ServerHandle,
+}
+
+#[derive(serde::Deserialize)]
+struct After {
+    after: i64,
+    limit: usize,
+}
+
+async fn read_log(log: web::Data<Vec<Envelope>>, query: web::Query<After>) -> HttpResponse {
+    let page: Vec<&Envelope> = log
+        .iter()
+        .filter(|e| e.seq > query.after)
+        .take(query.limit)
+        .collect();
+    HttpResponse::Ok().json(page)
+}
+
+impl FakeBus {
+    fn start(log: Vec<Envelope>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let log = web::Data::new(log);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(log.clone())
+                .route("/events", web::get().to(read_log))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(0)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url,
+            server: handle,
+        }
+    }
+
+    async fn stop(self) {
+        self.server.stop(false).await;
+    }
+}
+
+/// The query app on port 0, ready (caught up with `bus`).
+struct RunningQuery {
+    url: String,
+    stop: StopHandle,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningQuery {
+    async fn start(db: &TestDatabase, bus: &FakeBus) -> Self {
+        let env = Env::from_pairs([
+            ("PORT", "0"),
+            ("DATABASE_URL", db.url.as_str()),
+            ("EVENT_BUS_URL", bus.url.as_str()),
+        ]);
+        let app = query::build(query::config_from_env(&env).unwrap())
+            .await
+            .unwrap();
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let stop = app.stop_handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        let ready = format!("{url}/readyz");
+        eventually(WAIT, "query ready", || async {
+            reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        Self { url, stop, task }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Delivers a batch as the bus does.
+    async fn deliver(&self, batch: &[Envelope]) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/events", self.url))
+            .json(batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    async fn stop(self) {
+        self.stop.stop();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_catches_up_with_the_log_before_it_reports_ready() {
+    let db = query_db().await;
+    let log: Vec<Envelope> = (1..=1500)
+        .map(|n| envelope(n, &Event::PostCreated(post(&format!("p{n}"), "t"))))
+        .collect();
+    let bus = FakeBus::start(log);
+    let app = RunningQuery::start(&db, &bus).await;
+    // Ready means caught up: the whole log (more than one catch-up page) is in the view.
+    let (status, whole) = app.get("/posts").await;
+    assert_eq!(status, 200);
+    assert_eq!(whole.as_object().unwrap().len(), 1500);
+    assert_eq!(keys(&whole)[1499], "p1500");
+    app.stop().await;
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paging_is_a_400_json_error_and_an_unknown_post_is_a_404() {
+    let db = query_db().await;
+    let bus = FakeBus::start(Vec::new());
+    let app = RunningQuery::start(&db, &bus).await;
+    for query in ["limit=0", "limit=1001", "limit=-1", "limit=ten"] {
+        let (status, error) = app.get(&format!("/posts?{query}")).await;
+        assert_eq!(status, 400, "{query}: {error}");
+        assert_eq!(error["error"]["code"], "bad_request", "{query}: {error}");
+        assert!(error["error"]["message"].is_string());
+    }
+    for query in ["limit=1", "limit=1000"] {
+        assert_eq!(app.get(&format!("/posts?{query}")).await, (200, json!({})));
+    }
+    let (status, error) = app.get("/posts/nosuchpost").await;
+    assert_eq!(status, 404, "{error}");
+    assert_eq!(error["error"]["code"], "not_found");
+
+    app.deliver(&[envelope(1, &Event::PostCreated(post("p1", "t")))])
+        .await;
+    assert_eq!(
+        app.get("/posts/p1").await,
+        (200, json!({"id": "p1", "title": "t", "comments": []}))
+    );
+    app.stop().await;
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_page_is_never_served_after_the_view_changes() {
+    let db = query_db().await;
+    let bus = FakeBus::start(Vec::new());
+    let app = RunningQuery::start(&db, &bus).await;
+    let pages = ["/posts", "/posts?limit=1", "/posts?limit=5&before=p2"];
+    // Each page rendered (and cached) twice while the view is empty.
+    for page in pages {
+        assert_eq!(app.get(page).await, (200, json!({})));
+        assert_eq!(app.get(page).await, (200, json!({})));
+    }
+
+    app.deliver(&[
+        envelope(1, &Event::PostCreated(post("p1", "first"))),
+        envelope(2, &Event::PostCreated(post("p2", "second"))),
+    ])
+    .await;
+    assert_eq!(keys(&app.get(pages[0]).await.1), ["p1", "p2"]);
+    assert_eq!(keys(&app.get(pages[1]).await.1), ["p2"]);
+    assert_eq!(keys(&app.get(pages[2]).await.1), ["p1"]);
+
+    app.deliver(&[envelope(
+        3,
+        &Event::CommentCreated(comment("c1", "p1", "hi")),
+    )])
+    .await;
+    let (_, whole) = app.get("/posts").await;
+    assert_eq!(whole["p1"]["comments"][0]["status"], "pending");
+    assert_eq!(
+        app.get(pages[2]).await.1["p1"]["comments"][0]["status"],
+        "pending"
+    );
+
+    app.deliver(&[envelope(
+        4,
+        &Event::CommentUpdated(update("c1", "p1", CommentStatus::Rejected, 1)),
+    )])
+    .await;
+    let (_, whole) = app.get("/posts").await;
+    assert_eq!(
+        whole["p1"]["comments"],
+        json!([{"id": "c1", "content": "content of c1", "status": "rejected"}])
+    );
+    assert_eq!(
+        app.get(pages[2]).await.1["p1"]["comments"][0]["status"],
+        "rejected"
+    );
+    app.stop().await;
+    bus.stop().await;
+}
