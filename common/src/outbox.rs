@@ -36,14 +36,21 @@ pub enum RelayError {
 
 /// Adds an event to the outbox inside the caller's transaction.
 pub async fn append(conn: &mut PgConnection, publication: &Publication) -> Result<(), sqlx::Error> {
-    let id = publication.id.unwrap_or_else(uuid::Uuid::now_v7);
-    let json = serde_json::to_string(publication).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let (id, json) = prepare(publication)?;
     sqlx::query("INSERT INTO outbox (event_id, publication) VALUES ($1, $2::json)")
         .bind(id)
         .bind(json)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The `event_id` and `publication` columns of an outbox row, for a service that writes
+/// its change and its event in one statement (`WITH change AS (…) INSERT INTO outbox …`).
+pub fn prepare(publication: &Publication) -> Result<(uuid::Uuid, String), sqlx::Error> {
+    let id = publication.id.unwrap_or_else(uuid::Uuid::now_v7);
+    let json = serde_json::to_string(publication).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    Ok((id, json))
 }
 
 /// Wakes the relay after a commit that appended to the outbox; cheap, never blocks,
