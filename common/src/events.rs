@@ -135,15 +135,33 @@ impl Publication {
         }
     }
 
-    /// An event caused by handling `cause`: it continues the cause's trace, one hop on.
+    /// An event caused by handling `cause`: it continues the cause's trace, one hop on,
+    /// and its id is derived from the cause, so handling the same cause again (after the
+    /// consumer's transaction was lost and the cause redelivered) publishes the same id,
+    /// which the bus keeps once.
     pub fn caused_by(event: &Event, source: &str, cause: &Envelope) -> Self {
         let trace = cause
             .traceparent
             .as_deref()
             .and_then(crate::telemetry::TraceParent::parse)
             .map(|t| t.child().to_string());
-        Self::new(event, source, trace)
+        Self {
+            id: Some(derived_id(cause, source, event.kind())),
+            ..Self::new(event, source, trace)
+        }
     }
+}
+
+/// A uuid v7 stamped with the cause's time whose random bits are a name-based (v5) hash
+/// of the cause's id, the source and the event type: stable across restarts and builds.
+fn derived_id(cause: &Envelope, source: &str, kind: &str) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6d1c_2f1e_5b7a_4c3d_9e8f_0a1b_2c3d_4e5f);
+    let name = format!("{}/{source}/{kind}", cause.id);
+    let hash = Uuid::new_v5(&NAMESPACE, name.as_bytes());
+    let millis = u64::try_from(cause.occurred_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&hash.as_bytes()[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
 /// An event as the bus stores and delivers it: always with `id`, `seq` and `occurredAt`.
@@ -260,6 +278,38 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
+
+    fn cause(id: Uuid) -> Envelope {
+        Envelope {
+            id,
+            seq: 7,
+            kind: "CommentCreated".into(),
+            data: Map::new(),
+            source: Some("comments".into()),
+            occurred_at: OffsetDateTime::now_utc(),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn an_event_caused_by_the_same_cause_gets_the_same_v7_id() {
+        let event = Event::PostCreated(PostCreated {
+            id: "p".into(),
+            title: "t".into(),
+        });
+        let first = cause(Uuid::now_v7());
+        let again = Publication::caused_by(&event, "moderation", &first).id;
+        assert_eq!(
+            Publication::caused_by(&event, "moderation", &first).id,
+            again
+        );
+        let id = again.expect("an id");
+        assert_eq!(id.get_version_num(), 7);
+        let other_cause = Publication::caused_by(&event, "moderation", &cause(Uuid::now_v7())).id;
+        assert_ne!(other_cause, again, "a different cause, a different id");
+        let other_source = Publication::caused_by(&event, "comments", &first).id;
+        assert_ne!(other_source, again, "a different service, a different id");
+    }
 
     #[test]
     fn a_batch_is_cut_at_the_byte_cap_but_never_emptied() {

@@ -165,7 +165,10 @@ impl Microblog {
                 ("DATABASE_URL", stack.create_database(database).await?),
                 ("EVENT_BUS_URL", urls["event-bus"].clone()),
                 // Production's level by default; RUST_LOG=warn shows what logging costs.
-                ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+                (
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                ),
             ];
             if service == "event-bus" {
                 let subscribers = ["comments", "moderation", "query"]
