@@ -5,10 +5,11 @@ use std::time::SystemTime;
 
 use tokio::process::Command;
 
+use crate::supervisor::say;
 use crate::Error;
 
 /// What the build reads; a change to any of these makes `dist/` stale.
-const SOURCES: [&str; 8] = [
+const SOURCES: [&str; 9] = [
     "src",
     "public",
     "index.html",
@@ -17,6 +18,7 @@ const SOURCES: [&str; 8] = [
     "vite.config.ts",
     "tsconfig.json",
     "tsconfig.app.json",
+    "tsconfig.node.json",
 ];
 
 pub async fn build_if_stale(client: &Path) -> Result<(), Error> {
@@ -25,14 +27,14 @@ pub async fn build_if_stale(client: &Path) -> Result<(), Error> {
     let installed = modified(&client.join("node_modules/.package-lock.json"));
     let lockfile = modified(&client.join("package-lock.json"));
     if installed.is_none() || installed < lockfile {
-        println!("devstack: installing the client's npm packages (npm ci)");
+        say("devstack: installing the client's npm packages (npm ci)");
         npm(client, &["ci", "--no-audit", "--no-fund"]).await?;
     }
     if built.is_none() || built < newest_source {
-        println!("devstack: building the client (npm run build)");
+        say("devstack: building the client (npm run build)");
         npm(client, &["run", "build"]).await?;
     } else {
-        println!("devstack: the client is up to date");
+        say("devstack: the client is up to date");
     }
     Ok(())
 }
@@ -41,6 +43,7 @@ async fn npm(dir: &Path, args: &[&str]) -> Result<(), Error> {
     let status = Command::new("npm")
         .args(args)
         .current_dir(dir)
+        .kill_on_drop(true)
         .status()
         .await
         .map_err(|e| format!("cannot run npm ({e}); install Node.js 20 or newer with npm"))?;

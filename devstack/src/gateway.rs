@@ -18,9 +18,13 @@ use crate::Error;
 const BODY_LIMIT: usize = 1024 * 1024;
 
 /// Connection-level headers a proxy must not pass on (RFC 9110 §7.6.1), plus the ones
-/// the proxy sets itself.
-const HOP_BY_HOP: [&str; 9] = [
+/// the proxy sets itself (a client's own `X-Forwarded-For` is not trusted).
+const HOP_BY_HOP: [&str; 13] = [
     "connection",
+    "proxy-connection",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-host",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
@@ -41,11 +45,15 @@ struct Routes {
 pub fn start(
     ingress: Ingress,
     ports: HashMap<String, u16>,
-    port: u16,
+    listener: std::net::TcpListener,
 ) -> Result<ServerHandle, Error> {
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true)
+        // A backend's redirect goes back to the browser, as nginx passes it on.
+        .redirect(reqwest::redirect::Policy::none())
+        // Backends are always on this machine, whatever HTTP_PROXY says.
+        .no_proxy()
         .build()?;
     let routes = web::Data::new(Routes {
         ingress,
@@ -60,10 +68,7 @@ pub fn start(
     })
     .disable_signals()
     .shutdown_timeout(1)
-    .bind(("0.0.0.0", port))
-    .map_err(|e| {
-        format!("the gateway cannot listen on port {port}: {e} (choose another with --port)")
-    })?
+    .listen(listener)?
     .run();
     let handle = server.handle();
     tokio::spawn(server);
@@ -103,12 +108,16 @@ async fn proxy(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) ->
         .header("x-real-ip", &peer)
         .header("x-forwarded-host", host.unwrap_or_default())
         .header("x-forwarded-proto", "http");
+    if !req.headers().contains_key("x-request-id") {
+        // As ingress-nginx does: the services log it with every line of the request.
+        upstream = upstream.header("x-request-id", uuid_like());
+    }
     let response = match upstream.send().await {
         Ok(response) => response,
         Err(error) => {
             return HttpResponse::BadGateway().body(format!(
-                "{} ({}:{port}) is not answering: {error}\n",
-                backend.service, backend.service
+                "{} (127.0.0.1:{port}) is not answering: {error}\n",
+                backend.service
             ))
         }
     };
@@ -129,9 +138,16 @@ async fn proxy(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) ->
     reply.streaming(response.bytes_stream())
 }
 
+fn uuid_like() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
 /// The client's static files, standing in for `client-srv`: what the client image's web
 /// server does, including the single-page-app fallback to index.html.
-pub fn serve_client(dist: std::path::PathBuf, port: u16) -> Result<ServerHandle, Error> {
+pub fn serve_client(
+    dist: std::path::PathBuf,
+    listener: std::net::TcpListener,
+) -> Result<ServerHandle, Error> {
     let dist = Arc::new(dist);
     let server = HttpServer::new(move || {
         let index = dist.join("index.html");
@@ -153,8 +169,7 @@ pub fn serve_client(dist: std::path::PathBuf, port: u16) -> Result<ServerHandle,
     })
     .disable_signals()
     .workers(1)
-    .bind(("127.0.0.1", port))
-    .map_err(|e| format!("cannot serve the client on port {port}: {e}"))?
+    .listen(listener)?
     .run();
     let handle = server.handle();
     tokio::spawn(server);

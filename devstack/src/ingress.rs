@@ -134,9 +134,15 @@ fn parse_rule(rule: &Yaml) -> Result<Rule, String> {
         .enumerate()
         .map(|(i, p)| parse_path(p).map_err(|e| format!("http.paths[{i}]: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    // ingress-nginx writes the locations longest path first; nginx takes the first
-    // regex location that matches. A stable sort keeps manifest order between equals.
-    paths.sort_by_key(|p| std::cmp::Reverse(p.pattern.len()));
+    // ingress-nginx writes the locations longest path first, and between paths of one
+    // length in descending string order; nginx takes the first regex location that
+    // matches.
+    paths.sort_by(|a, b| {
+        b.pattern
+            .len()
+            .cmp(&a.pattern.len())
+            .then_with(|| b.pattern.cmp(&a.pattern))
+    });
     Ok(Rule { host, paths })
 }
 
@@ -220,6 +226,23 @@ mod tests {
         assert_eq!(service(&ingress, None, "/zzz"), "client:1");
         // As in ingress-nginx: the longer catch-all is tried before the shorter "/a".
         assert_eq!(service(&ingress, None, "/a"), "client:1");
+    }
+
+    #[test]
+    fn paths_of_one_length_are_tried_in_descending_string_order() {
+        // Whatever their order in the manifest: "/b.*" sorts after "/a.*", so is tried first.
+        for paths in [
+            [("/a.*", "a", 1), ("/b.*", "b", 2)],
+            [("/b.*", "b", 2), ("/a.*", "a", 1)],
+        ] {
+            let ingress = Ingress::parse(&manifest(&paths)).unwrap();
+            assert_eq!(service(&ingress, None, "/b"), "b:2");
+            assert_eq!(service(&ingress, None, "/a"), "a:1");
+        }
+        let overlapping =
+            Ingress::parse(&manifest(&[("/x/a", "first", 1), ("/x/.", "second", 2)])).unwrap();
+        // "/x/a" > "/x/." as strings, so "/x/a" wins for "/x/a" even though both match.
+        assert_eq!(service(&overlapping, None, "/x/a"), "first:1");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::ingress::Ingress;
 use crate::postgres::Postgres;
 use crate::services::{CLIENT_PORT, CLIENT_SERVICE, SERVICES};
-use crate::supervisor::{supervise, Prefix, Program};
+use crate::supervisor::{say, supervise, Prefix, Program};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,30 +88,86 @@ async fn main() -> ExitCode {
 }
 
 async fn run(root: &Path, options: Options) -> Result<(), Error> {
+    // First of all, so that Ctrl-C at any point stops what has started, in order, instead
+    // of killing devstack and orphaning its children.
+    let interrupted = interruption()?;
     let ingress = Ingress::load(&root.join("infra/k8s/ingress-srv.yaml"))?;
     let ports = local_ports(&ingress)?;
-    let mut wanted: Vec<u16> = ports.values().copied().collect();
-    wanted.push(options.port);
-    for port in wanted {
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            return Err(format!("port {port} is in use; is another devstack (or the course's app) running? (`ss -ltnp | grep {port}`)").into());
+    if ports.values().any(|p| *p == options.port) || options.port == 0 {
+        return Err(format!(
+            "--port {} is taken by a service; choose another",
+            options.port
+        )
+        .into());
+    }
+    for port in ports.values() {
+        if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
+            return Err(in_use(*port).into());
         }
     }
-    let binaries = build_services(root).await?;
-    client::build_if_stale(&root.join("client")).await?;
+    // Held from now on: nothing can take these ports while the services build.
+    let listeners = Listeners {
+        gateway: std::net::TcpListener::bind(("127.0.0.1", options.port))
+            .map_err(|_| in_use(options.port))?,
+        client: std::net::TcpListener::bind(("127.0.0.1", CLIENT_PORT))
+            .map_err(|_| in_use(CLIENT_PORT))?,
+    };
+    let binaries = unless_interrupted(&interrupted, build_services(root)).await?;
+    unless_interrupted(&interrupted, client::build_if_stale(&root.join("client"))).await?;
     let databases: Vec<&str> = SERVICES.iter().map(|s| s.database).collect();
     let data = options
         .data
         .clone()
         .unwrap_or_else(|| root.join(".devstack"));
+    // Not raced against Ctrl-C: abandoning pg_ctl half-way could leave a server behind.
     let postgres = Postgres::start(&data, options.fresh, &databases).await?;
-    let outcome = serve(root, &options, &data, ingress, ports, &binaries, &postgres).await;
+    let outcome = if *interrupted.borrow() {
+        Err("interrupted".into())
+    } else {
+        let stack = Stack {
+            root,
+            options: &options,
+            data_dir: &data,
+            binaries: &binaries,
+            postgres: &postgres,
+        };
+        stack.serve(ingress, ports, listeners, interrupted).await
+    };
     let stopped = postgres.stop().await;
-    println!(
+    say(&format!(
         "devstack: stopped. Your data is kept in {}; `--fresh` starts empty.",
         data.display()
-    );
+    ));
     outcome.and(stopped)
+}
+
+fn in_use(port: u16) -> String {
+    format!("port {port} is in use; is another devstack (or the course's app) running? (`ss -ltnp | grep :{port}`)")
+}
+
+/// Turns Ctrl-C and SIGTERM into a flag every step of the run watches.
+fn interruption() -> Result<watch::Receiver<bool>, Error> {
+    let (interrupt, interrupted) = watch::channel(false);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+        let _ = interrupt.send(true);
+    });
+    Ok(interrupted)
+}
+
+async fn unless_interrupted<T>(
+    interrupted: &watch::Receiver<bool>,
+    step: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let mut interrupted = interrupted.clone();
+    tokio::select! {
+        result = step => result,
+        _ = interrupted.wait_for(|i| *i) => Err("interrupted".into()),
+    }
 }
 
 /// Every backend the Ingress names must be a local process on the Service's port, or
@@ -153,17 +209,20 @@ async fn build_services(root: &Path) -> Result<HashMap<&'static str, PathBuf>, E
     let release = target.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = tokio::process::Command::new(cargo);
-    command.arg("build").current_dir(root);
+    command
+        .args(["build", "--locked"])
+        .current_dir(root)
+        .kill_on_drop(true);
     if release {
         command.arg("--release");
     }
     for service in &SERVICES {
         command.args(["-p", service.name]);
     }
-    println!(
+    say(&format!(
         "devstack: building the services (cargo build{})",
         if release { " --release" } else { "" }
-    );
+    ));
     let status = command.status().await?;
     if !status.success() {
         return Err(format!("building the services failed ({status})").into());
@@ -174,107 +233,171 @@ async fn build_services(root: &Path) -> Result<HashMap<&'static str, PathBuf>, E
         .collect())
 }
 
-async fn serve(
-    root: &Path,
-    options: &Options,
-    data_dir: &Path,
-    ingress: Ingress,
-    ports: HashMap<String, u16>,
-    binaries: &HashMap<&'static str, PathBuf>,
-    postgres: &Postgres,
-) -> Result<(), Error> {
-    // The bus stops last, so the others can flush their outboxes to it on the way out.
-    let (stop, stopping) = watch::channel(false);
-    let (stop_bus, bus_stopping) = watch::channel(false);
-    // Deliveries and publishes carry a bearer token in Kubernetes; so they do here.
-    let token = format!("devstack-{:016x}", fastrand::u64(..));
-    let mut supervised = Vec::new();
-    for (i, service) in SERVICES.iter().enumerate() {
-        let program = Program {
-            prefix: Prefix::new(service.name, service.color),
-            binary: binaries[service.name].clone(),
-            env: services::env(service, postgres.url(service.database), &token),
-        };
-        let is_bus = i == 0;
-        let stop_signal = if is_bus {
-            bus_stopping.clone()
-        } else {
-            stopping.clone()
-        };
-        supervised.push(supervise(program, stop_signal));
-        if is_bus {
-            // The others catch up from the bus before they report ready.
-            wait_ready(service.name, service.port).await;
-        }
-    }
-    let hosts: Vec<String> = ingress.hosts().map(str::to_owned).collect();
-    let client = gateway::serve_client(root.join("client/dist"), CLIENT_PORT)?;
-    let gateway = gateway::start(ingress, ports, options.port)?;
-    for service in &SERVICES {
-        wait_ready(service.name, service.port).await;
-    }
-    let url = format!("http://localhost:{}/", options.port);
-    println!();
-    println!("  The microblog is up: {url}");
-    for host in hosts {
-        println!(
-            "  (also as http://{host}:{} once /etc/hosts maps {host} to 127.0.0.1)",
-            options.port
-        );
-    }
-    println!(
-        "  Ctrl-C stops everything; your data stays in {}",
-        data_dir.display()
-    );
-    println!();
-    termination().await;
-    println!("devstack: stopping (SIGTERM to every service, then waiting for each)");
-    gateway.stop(false).await;
-    client.stop(false).await;
-    let _ = stop.send(true);
-    let mut supervised = supervised.into_iter();
-    let bus = supervised.next();
-    for task in supervised {
-        let _ = task.await;
-    }
-    let _ = stop_bus.send(true);
-    if let Some(bus) = bus {
-        let _ = bus.await;
-    }
-    Ok(())
+struct Listeners {
+    gateway: std::net::TcpListener,
+    client: std::net::TcpListener,
 }
 
-async fn wait_ready(name: &str, port: u16) {
+struct Stack<'a> {
+    root: &'a Path,
+    options: &'a Options,
+    data_dir: &'a Path,
+    binaries: &'a HashMap<&'static str, PathBuf>,
+    postgres: &'a Postgres,
+}
+
+/// What is running, so that every way out stops it in order.
+#[derive(Default)]
+struct Running {
+    supervised: Vec<tokio::task::JoinHandle<()>>,
+    stop_services: Option<watch::Sender<bool>>,
+    stop_bus: Option<watch::Sender<bool>>,
+    servers: Vec<actix_web::dev::ServerHandle>,
+}
+
+impl Running {
+    async fn stop(self) {
+        say("devstack: stopping (SIGTERM to every service, then waiting for each)");
+        for server in self.servers {
+            server.stop(false).await;
+        }
+        // The bus stops last, so the others can flush their outboxes to it on the way out.
+        if let Some(stop) = self.stop_services {
+            let _ = stop.send(true);
+        }
+        let mut supervised = self.supervised.into_iter();
+        let bus = supervised.next();
+        for task in supervised {
+            let _ = task.await;
+        }
+        if let Some(stop) = self.stop_bus {
+            let _ = stop.send(true);
+        }
+        if let Some(bus) = bus {
+            let _ = bus.await;
+        }
+    }
+}
+
+impl Stack<'_> {
+    async fn serve(
+        &self,
+        ingress: Ingress,
+        ports: HashMap<String, u16>,
+        listeners: Listeners,
+        mut interrupted: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let mut running = Running::default();
+        let outcome = self
+            .start(ingress, ports, listeners, &interrupted, &mut running)
+            .await;
+        if outcome.is_ok() {
+            let _ = interrupted.wait_for(|i| *i).await;
+        }
+        running.stop().await;
+        outcome
+    }
+
+    async fn start(
+        &self,
+        ingress: Ingress,
+        ports: HashMap<String, u16>,
+        listeners: Listeners,
+        interrupted: &watch::Receiver<bool>,
+        running: &mut Running,
+    ) -> Result<(), Error> {
+        let (stop_services, services_stopping) = watch::channel(false);
+        let (stop_bus, bus_stopping) = watch::channel(false);
+        running.stop_services = Some(stop_services);
+        running.stop_bus = Some(stop_bus);
+        // Deliveries and publishes carry a bearer token in Kubernetes; so they do here.
+        let token = format!("devstack-{:016x}", fastrand::u64(..));
+        for (i, service) in SERVICES.iter().enumerate() {
+            let program = Program {
+                prefix: Prefix::new(service.name, service.color),
+                binary: self.binaries[service.name].clone(),
+                env: services::env(service, self.postgres.url(service.database), &token),
+            };
+            let is_bus = i == 0;
+            let stopping = if is_bus {
+                &bus_stopping
+            } else {
+                &services_stopping
+            };
+            running
+                .supervised
+                .push(supervise(program, stopping.clone()));
+            if is_bus {
+                // The others catch up from the bus before they report ready.
+                wait_ready(service.name, service.port, interrupted).await?;
+            }
+        }
+        let hosts: Vec<String> = ingress.hosts().map(str::to_owned).collect();
+        running.servers.push(gateway::serve_client(
+            self.root.join("client/dist"),
+            listeners.client,
+        )?);
+        running
+            .servers
+            .push(gateway::start(ingress, ports, listeners.gateway)?);
+        for service in &SERVICES {
+            wait_ready(service.name, service.port, interrupted).await?;
+        }
+        let port = self.options.port;
+        say("");
+        say(&format!("  The microblog is up: http://localhost:{port}/"));
+        for host in hosts {
+            say(&format!(
+                "  (also as http://{host}:{port} once /etc/hosts maps {host} to 127.0.0.1)"
+            ));
+        }
+        say(&format!(
+            "  PostgreSQL: {}<service>   Event bus token: {token}",
+            self.postgres.url("")
+        ));
+        say(&format!(
+            "  Ctrl-C stops everything; your data stays in {}",
+            self.data_dir.display()
+        ));
+        say("");
+        Ok(())
+    }
+}
+
+/// Waits for `/readyz`, or until Ctrl-C, or a deadline that a crash-looping service hits.
+async fn wait_ready(
+    name: &str,
+    port: u16,
+    interrupted: &watch::Receiver<bool>,
+) -> Result<(), Error> {
+    const DEADLINE: Duration = Duration::from_secs(120);
     let url = format!("{}/readyz", services::url(port));
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let started = Instant::now();
-    let mut warned = false;
     loop {
-        let ready = reqwest::get(&url)
+        if *interrupted.borrow() {
+            return Err("interrupted".into());
+        }
+        let ready = client
+            .get(&url)
+            .send()
             .await
             .map(|r| r.status().is_success())
             .unwrap_or(false);
         if ready {
-            return;
+            return Ok(());
         }
-        if !warned && started.elapsed() > Duration::from_secs(60) {
-            println!("devstack: {name} is not ready after 60 s; still waiting (see its log lines)");
-            warned = true;
+        if started.elapsed() > DEADLINE {
+            return Err(format!(
+                "{name} is not ready after {} s; its log lines above say why",
+                DEADLINE.as_secs()
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn termination() {
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match sigterm.as_mut() {
-                Some(s) => { s.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
     }
 }
 

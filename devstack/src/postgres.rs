@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use common::pg_cluster::{self, StopMode};
 use sqlx::{Connection, PgConnection};
 
+use crate::supervisor::say;
 use crate::Error;
 
 pub struct Postgres {
@@ -27,20 +28,23 @@ impl Postgres {
             permissions.set_mode(permissions.mode() | 0o005);
             std::fs::set_permissions(dir, permissions)?;
         }
+        if pg_cluster::is_root() {
+            reachable_by_postgres(dir)?;
+        }
         let data = dir.join("postgres");
         if data.join("postmaster.pid").exists() {
             // Left running by a run that was killed: stop it so it restarts cleanly.
             let _ = blocking(&data, |d| pg_cluster::stop(d, StopMode::Fast)).await;
         }
         if fresh && data.exists() {
-            println!("devstack: --fresh: deleting {}", data.display());
+            say(&format!("devstack: --fresh: deleting {}", data.display()));
             std::fs::remove_dir_all(&data)?;
         }
         if !pg_cluster::is_initialized(&data) {
-            println!(
+            say(&format!(
                 "devstack: creating a PostgreSQL cluster in {}",
                 data.display()
-            );
+            ));
             blocking(&data, pg_cluster::init).await?;
         }
         let port = pg_cluster::free_port()?;
@@ -49,7 +53,10 @@ impl Postgres {
         })
         .await?;
         let postgres = Self { data, port };
-        postgres.create_databases(databases).await?;
+        if let Err(error) = postgres.create_databases(databases).await {
+            let _ = postgres.stop().await;
+            return Err(error);
+        }
         Ok(postgres)
     }
 
@@ -88,4 +95,23 @@ async fn blocking(
     let data = data.to_owned();
     tokio::task::spawn_blocking(move || run(&data)).await??;
     Ok(())
+}
+
+/// As root, PostgreSQL runs as the `postgres` user, which cannot enter a directory under,
+/// say, /root (mode 700). Say so plainly instead of letting initdb fail obscurely.
+fn reachable_by_postgres(dir: &Path) -> Result<(), Error> {
+    let reachable = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if reachable {
+        Ok(())
+    } else {
+        Err(format!(
+            "PostgreSQL runs as the `postgres` user (we are root) and cannot reach {}: a parent directory is closed to other users. Use `--data /var/tmp/microblog`, or run as a normal user.",
+            dir.display()
+        )
+        .into())
+    }
 }

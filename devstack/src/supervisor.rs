@@ -18,6 +18,13 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 #[derive(Clone)]
 pub struct Prefix(String);
 
+/// Writes a line to stdout and ignores a closed pipe: when `devstack | tee` gets Ctrl-C,
+/// tee dies too, and devstack must still go on to stop everything in order.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 /// Colours only for a person at a terminal; logs redirected to a file stay plain.
 fn colored() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
@@ -33,15 +40,15 @@ impl Prefix {
     }
 
     pub fn say(&self, line: &str) {
-        println!("{}{line}", self.0);
+        say(&format!("{}{line}", self.0));
     }
 
     /// A line nobody should miss.
     pub fn shout(&self, line: &str) {
         if colored() {
-            println!("{}\x1b[1;41;97m {line} \x1b[0m", self.0);
+            say(&format!("{}\x1b[1;41;97m {line} \x1b[0m", self.0));
         } else {
-            println!("{}!!! {line}", self.0);
+            say(&format!("{}!!! {line}", self.0));
         }
     }
 }

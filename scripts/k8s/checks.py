@@ -588,6 +588,7 @@ def check_refs(root: Path, report: Report) -> None:
         if port is not None and (not port.isdigit() or int(port) not in ports):
             report.error(f"{depl}: PORT={port} is not the container's port {ports}")
         check_service_urls(depl, values, service_port, report)
+        check_subscribers(root, depl, values, report)
         check_database_url(depl, values, find, by_kind, env_values, report)
     for name in sorted(table_vars - set(all_reads)):
         report.error(
@@ -665,8 +666,9 @@ def check_ingress_contract(ing: Resource, paths: list[dict], report: Report) -> 
         if p.get("pathType") != "ImplementationSpecific":
             report.error(f"{ing}: path {p.get('path')} must be pathType ImplementationSpecific (a regex)")
     # ingress-nginx with use-regex: each path is a case-insensitive regex anchored at the
-    # start; the longest path is tried first.
-    ordered = sorted(paths, key=lambda p: len(p.get("path") or ""), reverse=True)
+    # start; the longest path is tried first, and between equal lengths the greater string
+    # (ingress-nginx sorts by path descending, then stably by length descending).
+    ordered = sorted(paths, key=lambda p: (len(p.get("path") or ""), p.get("path") or ""), reverse=True)
     for request, expected in INGRESS_ROUTES:
         winner = None
         for p in ordered:
@@ -699,6 +701,29 @@ def check_service_urls(depl: Resource, values: dict, service_port, report: Repor
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if not service_port(service, port):
             report.error(f"{depl}: {var}={url!r} names {service}:{port}, which is no Service port")
+
+
+def consumers(root: Path) -> set[str]:
+    """The services that take deliveries: their crate starts a consumer (POST /events)."""
+    return {
+        name
+        for name in SERVICE_ENV
+        if any("start_consumer(" in f.read_text() for f in (root / name / "src").rglob("*.rs"))
+    }
+
+
+def check_subscribers(root: Path, depl: Resource, values: dict, report: Report) -> None:
+    raw = values.get("EVENT_BUS_SUBSCRIBERS")
+    if raw is None:
+        return
+    named = {e.strip().partition("=")[0] for e in raw.split(",") if e.strip()}
+    expected = consumers(root)
+    if named != expected:
+        report.error(
+            f"{depl}: EVENT_BUS_SUBSCRIBERS names {sorted(named)}, but the services that "
+            f"consume events (start_consumer) are {sorted(expected)}: a subscriber without "
+            "POST /events is retried forever, a consumer left out never gets an event"
+        )
 
 
 def check_database_url(depl, values, find, by_kind, env_values, report: Report) -> None:

@@ -234,6 +234,12 @@ CASES = [
         [r"EVENT_BUS_SUBSCRIBERS\[query\]='http://query-srv:4020/events' names query-srv:4020, which is no Service port"],
     ),
     Case(
+        "a subscriber that consumes no events (posts has no POST /events)",
+        "refs",
+        lambda r: edit(r, "infra/k8s/event-bus-depl.yaml", "    comments=http://comments-srv:4001/events,", "    posts=http://posts-clusterip-srv:4000/events,comments=http://comments-srv:4001/events,"),
+        [r"EVENT_BUS_SUBSCRIBERS names \['comments', 'moderation', 'posts', 'query'\], but the services that consume events"],
+    ),
+    Case(
         "a NetworkPolicy selecting nothing",
         "refs",
         lambda r: edit(r, "infra/k8s/network-policies.yaml", "      app: moderation\n  policyTypes", "      app: moderator\n  policyTypes"),
