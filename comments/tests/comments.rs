@@ -11,16 +11,17 @@ use comments::domain::{Content, PostId};
 use comments::handlers::CommentsHandler;
 use comments::store;
 use common::bus::BusClient;
-use common::config::Env;
 use common::consumer::Consumer;
 use common::events::{CommentModerated, CommentStatus, Envelope, Event, PostCreated};
-use common::server::StopHandle;
 use common::telemetry::TraceParent;
-use common::testing::{cluster::free_port, eventually, init_test_logging, TestDatabase};
+use common::testing::{
+    assert_trace_continued, assert_written_in_one_transaction, count_rows, delivered, eventually,
+    hide_outbox, init_test_logging, outbox_publications, restore_outbox, service_env,
+    unreachable_bus_url, RunningApp, TestDatabase,
+};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -31,17 +32,11 @@ async fn comments_db() -> TestDatabase {
     TestDatabase::new(&common::db::with_shared_migrations(&comments::MIGRATOR)).await
 }
 
-/// A bus nobody listens on: these tests deliver gap-free batches, so the consumer never
-/// needs to read from it.
-fn unreachable_bus() -> String {
-    format!("http://127.0.0.1:{}", free_port().unwrap())
-}
-
 fn consumer(db: &TestDatabase) -> (Consumer<CommentsHandler>, watch::Receiver<u64>) {
     let (posts_learned, learned) = watch::channel(0);
     let consumer = Consumer::new(
         db.pool.clone(),
-        BusClient::new(&unreachable_bus(), None),
+        BusClient::new(&unreachable_bus_url(), None),
         CommentsHandler { posts_learned },
     );
     (consumer, learned)
@@ -49,17 +44,7 @@ fn consumer(db: &TestDatabase) -> (Consumer<CommentsHandler>, watch::Receiver<u6
 
 /// An envelope as the bus delivers it.
 fn envelope(seq: i64, event: &Event) -> Envelope {
-    let tagged = serde_json::to_value(event).unwrap();
-    serde_json::from_value(json!({
-        "id": Uuid::now_v7(),
-        "seq": seq,
-        "type": tagged["type"],
-        "data": tagged["data"],
-        "source": "test",
-        "occurredAt": "2026-11-22T18:00:00Z",
-        "traceparent": TraceParent::new_root().to_string(),
-    }))
-    .unwrap()
+    delivered(seq, event, "test")
 }
 
 fn moderated(id: Uuid, post_id: &str, status: CommentStatus) -> Event {
@@ -88,25 +73,11 @@ async fn new_comment(db: &TestDatabase, post: &PostId, content: &str) -> Uuid {
     .unwrap()
 }
 
-async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 /// Outbox publications of one type, oldest first.
 async fn published(pool: &PgPool, kind: &str) -> Vec<Value> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT publication::text FROM outbox WHERE publication->>'type' = $1 ORDER BY position",
-    )
-    .bind(kind)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    rows.iter()
-        .map(|r| serde_json::from_str(r).unwrap())
-        .collect()
+    let mut publications = outbox_publications(pool).await;
+    publications.retain(|p| p["type"] == kind);
+    publications
 }
 
 async fn status_and_version(pool: &PgPool, id: Uuid) -> (String, i64) {
@@ -131,7 +102,7 @@ async fn remembering_a_post_twice_keeps_one_known_post() {
             .await
             .unwrap()
     );
-    assert_eq!(count(&db.pool, "known_posts").await, 1);
+    assert_eq!(count_rows(&db.pool, "known_posts").await, 1);
 }
 
 #[tokio::test]
@@ -149,30 +120,21 @@ async fn a_comment_and_its_comment_created_event_are_written_in_one_transaction(
     );
 
     let events = published(&db.pool, "CommentCreated").await;
-    assert_eq!(count(&db.pool, "outbox").await, 1);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 1);
     assert_eq!(
         events[0]["data"],
         json!({"id": id.to_string(), "postId": "p1", "content": "Nice", "status": "pending"})
     );
     assert_eq!(events[0]["source"], "comments");
     assert_eq!(events[0]["traceparent"], trace.to_string());
-    let xmins: Vec<String> = sqlx::query_scalar(
-        "SELECT xmin::text FROM comments UNION ALL SELECT xmin::text FROM outbox",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(xmins[0], xmins[1], "comment and event in two transactions");
+    assert_written_in_one_transaction(&db.pool, &["comments", "outbox"], "comment and event").await;
 }
 
 #[tokio::test]
 async fn when_the_comment_created_event_cannot_be_written_no_comment_remains() {
     let db = comments_db().await;
     let post = known_post(&db, "p1").await;
-    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    hide_outbox(&db.pool).await;
     let failed = store::create_comment(
         &db.pool,
         &post,
@@ -182,7 +144,7 @@ async fn when_the_comment_created_event_cannot_be_written_no_comment_remains() {
     .await;
     assert!(failed.is_err());
     assert_eq!(
-        count(&db.pool, "comments").await,
+        count_rows(&db.pool, "comments").await,
         0,
         "a comment without its event"
     );
@@ -276,50 +238,53 @@ async fn post_created_makes_the_post_known_and_wakes_waiting_requests() {
     assert!(learned.has_changed().unwrap(), "waiting requests not woken");
     // The same post announced again (a republish) is harmless.
     consumer.deliver(vec![envelope(2, &created)]).await.unwrap();
-    assert_eq!(count(&db.pool, "known_posts").await, 1);
+    assert_eq!(count_rows(&db.pool, "known_posts").await, 1);
+}
+
+/// Post p1 with a pending comment "Nice" on it, and a consumer to moderate it.
+async fn a_pending_comment() -> (TestDatabase, Uuid, Consumer<CommentsHandler>) {
+    let db = comments_db().await;
+    let post = known_post(&db, "p1").await;
+    let id = new_comment(&db, &post, "Nice").await;
+    let (consumer, _learned) = consumer(&db);
+    (db, id, consumer)
+}
+
+/// Approved at version 1, announced by exactly one `CommentUpdated`.
+async fn assert_approved_once(pool: &PgPool, id: Uuid) {
+    assert_eq!(status_and_version(pool, id).await, ("approved".into(), 1));
+    assert_eq!(published(pool, "CommentUpdated").await.len(), 1);
 }
 
 #[tokio::test]
 async fn moderation_sets_the_status_and_emits_comment_updated_with_the_new_version_in_one_transaction(
 ) {
-    let db = comments_db().await;
-    let post = known_post(&db, "p1").await;
-    let id = new_comment(&db, &post, "Nice").await;
-    let (consumer, _learned) = consumer(&db);
+    let (db, id, consumer) = a_pending_comment().await;
     let decision = envelope(1, &moderated(id, "p1", CommentStatus::Approved));
     consumer.deliver(vec![decision.clone()]).await.unwrap();
 
-    assert_eq!(
-        status_and_version(&db.pool, id).await,
-        ("approved".into(), 1)
-    );
+    assert_approved_once(&db.pool, id).await;
     let updates = published(&db.pool, "CommentUpdated").await;
-    assert_eq!(updates.len(), 1);
     assert_eq!(
         updates[0]["data"],
         json!({"id": id.to_string(), "postId": "p1", "content": "Nice", "status": "approved", "version": 1}),
         "content is the comment's own, version the bumped one"
     );
     assert_eq!(updates[0]["source"], "comments");
-    let cause = TraceParent::parse(decision.traceparent.as_deref().unwrap()).unwrap();
-    let continued = TraceParent::parse(updates[0]["traceparent"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        continued.trace_id, cause.trace_id,
-        "the trace was not carried on"
+    assert_trace_continued(
+        decision.traceparent.as_deref(),
+        updates[0]["traceparent"].as_str(),
     );
-
-    let xmins: Vec<String> = sqlx::query_scalar(
-        "SELECT xmin::text FROM comments
-         UNION ALL SELECT xmin::text FROM outbox WHERE publication->>'type' = 'CommentUpdated'
-         UNION ALL SELECT xmin::text FROM consumer_cursor",
+    assert_written_in_one_transaction(
+        &db.pool,
+        &[
+            "comments",
+            "outbox WHERE publication->>'type' = 'CommentUpdated'",
+            "consumer_cursor",
+        ],
+        "status, event and cursor",
     )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert!(
-        xmins.iter().all(|x| *x == xmins[0]),
-        "status, event and cursor in different transactions: {xmins:?}"
-    );
+    .await;
 
     // A later, different decision is a new version with its own event.
     consumer
@@ -342,10 +307,7 @@ async fn moderation_sets_the_status_and_emits_comment_updated_with_the_new_versi
 
 #[tokio::test]
 async fn a_redelivered_decision_bumps_no_version_and_emits_no_second_event() {
-    let db = comments_db().await;
-    let post = known_post(&db, "p1").await;
-    let id = new_comment(&db, &post, "Nice").await;
-    let (consumer, _learned) = consumer(&db);
+    let (db, id, consumer) = a_pending_comment().await;
     let decision = envelope(1, &moderated(id, "p1", CommentStatus::Approved));
     consumer.deliver(vec![decision.clone()]).await.unwrap();
 
@@ -356,23 +318,13 @@ async fn a_redelivered_decision_bumps_no_version_and_emits_no_second_event() {
     let republished = envelope(2, &moderated(id, "p1", CommentStatus::Approved));
     consumer.deliver(vec![republished]).await.unwrap();
 
-    assert_eq!(
-        status_and_version(&db.pool, id).await,
-        ("approved".into(), 1)
-    );
-    assert_eq!(published(&db.pool, "CommentUpdated").await.len(), 1);
+    assert_approved_once(&db.pool, id).await;
 }
 
 #[tokio::test]
 async fn when_the_comment_updated_event_cannot_be_written_the_status_and_cursor_stay() {
-    let db = comments_db().await;
-    let post = known_post(&db, "p1").await;
-    let id = new_comment(&db, &post, "Nice").await;
-    let (consumer, _learned) = consumer(&db);
-    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let (db, id, consumer) = a_pending_comment().await;
+    hide_outbox(&db.pool).await;
     let decision = envelope(1, &moderated(id, "p1", CommentStatus::Approved));
     assert!(consumer.deliver(vec![decision.clone()]).await.is_err());
     assert_eq!(
@@ -382,16 +334,9 @@ async fn when_the_comment_updated_event_cannot_be_written_the_status_and_cursor_
     assert_eq!(consumer.cursor().await.unwrap(), 0);
 
     // Redelivered once the outbox is back, it applies in full.
-    sqlx::query("ALTER TABLE outbox_gone RENAME TO outbox")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    restore_outbox(&db.pool).await;
     consumer.deliver(vec![decision]).await.unwrap();
-    assert_eq!(
-        status_and_version(&db.pool, id).await,
-        ("approved".into(), 1)
-    );
-    assert_eq!(published(&db.pool, "CommentUpdated").await.len(), 1);
+    assert_approved_once(&db.pool, id).await;
 }
 
 #[tokio::test]
@@ -414,73 +359,35 @@ async fn decisions_about_comments_that_are_not_ours_are_ignored() {
         (2, 2),
         "the stream must go on"
     );
-    assert_eq!(count(&db.pool, "outbox").await, 0);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 0);
 }
 
 /// The comments app on port 0 with an unreachable bus: deliveries come straight to its
 /// `POST /events`, and its outbox keeps what it writes.
-struct RunningComments {
-    url: String,
-    stop: StopHandle,
-    task: JoinHandle<std::io::Result<()>>,
+async fn serve_comments(db: &TestDatabase) -> RunningApp {
+    let env = service_env(db, &unreachable_bus_url());
+    RunningApp::start(&env, comments::config_from_env, comments::build).await
 }
 
-impl RunningComments {
-    async fn start(db: &TestDatabase) -> Self {
-        let bus = unreachable_bus();
-        let env = Env::from_pairs([
-            ("PORT", "0"),
-            ("DATABASE_URL", db.url.as_str()),
-            ("EVENT_BUS_URL", bus.as_str()),
-        ]);
-        let app = comments::build(comments::config_from_env(&env).unwrap())
-            .await
-            .unwrap();
-        let url = format!("http://127.0.0.1:{}", app.port());
-        let stop = app.stop_handle();
-        let task = tokio::spawn(app.run_until_stopped());
-        Self { url, stop, task }
-    }
-
-    async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}{path}", self.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn deliver(&self, envelope: &Envelope) {
-        let (status, answer) = self.post_json("/events", &json!([envelope])).await;
-        assert_eq!(status, 200, "{answer}");
-    }
-
-    async fn stop(self) {
-        self.stop.stop();
-        self.task.await.unwrap().unwrap();
-    }
+/// `POST /posts/{post}/comments` with `body` as JSON.
+async fn comment_on(app: &RunningApp, post: &str, body: &Value) -> (u16, Value) {
+    app.post_json(&format!("/posts/{post}/comments"), &body.to_string())
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_comment_on_a_known_post_is_201_with_the_posts_comments() {
     let db = comments_db().await;
-    let app = RunningComments::start(&db).await;
+    let app = serve_comments(&db).await;
     let post = Event::PostCreated(PostCreated {
         id: "p1".into(),
         title: "t".into(),
     });
-    app.deliver(&envelope(1, &post)).await;
+    app.deliver(&[envelope(1, &post)]).await;
 
-    let (status, first) = app
-        .post_json("/posts/p1/comments", &json!({"content": " one "}))
-        .await;
+    let (status, first) = comment_on(&app, "p1", &json!({"content": " one "})).await;
     assert_eq!(status, 201, "{first}");
-    let (status, both) = app
-        .post_json("/posts/p1/comments", &json!({"content": "two"}))
-        .await;
+    let (status, both) = comment_on(&app, "p1", &json!({"content": "two"})).await;
     assert_eq!(status, 201, "{both}");
     let id = first[0]["id"].as_str().unwrap();
     assert_eq!(
@@ -489,12 +396,8 @@ async fn a_comment_on_a_known_post_is_201_with_the_posts_comments() {
     );
     assert_eq!(both[0], first[0]);
     assert_eq!(both[1]["content"], "two");
-    let listed: Value = reqwest::get(format!("{}/posts/p1/comments", app.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, listed) = app.get_json("/posts/p1/comments").await;
+    assert_eq!(status, 200, "{listed}");
     assert_eq!(listed, both);
     assert_eq!(published(&db.pool, "CommentCreated").await.len(), 2);
 
@@ -504,22 +407,20 @@ async fn a_comment_on_a_known_post_is_201_with_the_posts_comments() {
         json!({"content": "  "}),
         json!({"content": "x".repeat(1001)}),
     ] {
-        let (status, error) = app.post_json("/posts/p1/comments", &body).await;
+        let (status, error) = comment_on(&app, "p1", &body).await;
         assert_eq!(status, 422, "{body}: {error}");
     }
-    assert_eq!(count(&db.pool, "comments").await, 2);
-    assert_eq!(count(&db.pool, "outbox").await, 2);
+    assert_eq!(count_rows(&db.pool, "comments").await, 2);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 2);
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_comment_on_an_unknown_post_is_404_after_the_grace_wait_and_writes_nothing() {
     let db = comments_db().await;
-    let app = RunningComments::start(&db).await;
+    let app = serve_comments(&db).await;
     let started = Instant::now();
-    let (status, error) = app
-        .post_json("/posts/nosuchpost/comments", &json!({"content": "hello?"}))
-        .await;
+    let (status, error) = comment_on(&app, "nosuchpost", &json!({"content": "hello?"})).await;
     assert_eq!(status, 404, "{error}");
     assert_eq!(error["error"]["code"], "not_found");
     assert!(
@@ -527,22 +428,17 @@ async fn a_comment_on_an_unknown_post_is_404_after_the_grace_wait_and_writes_not
         "gave up after {:?}, before the grace period",
         started.elapsed()
     );
-    let (status, _) = app
-        .post_json(
-            "/posts/not%20an%20id/comments",
-            &json!({"content": "hello?"}),
-        )
-        .await;
+    let (status, _) = comment_on(&app, "not%20an%20id", &json!({"content": "hello?"})).await;
     assert_eq!(status, 404);
-    assert_eq!(count(&db.pool, "comments").await, 0);
-    assert_eq!(count(&db.pool, "outbox").await, 0);
+    assert_eq!(count_rows(&db.pool, "comments").await, 0);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 0);
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_comment_on_a_post_that_becomes_known_during_the_wait_is_201() {
     let db = comments_db().await;
-    let app = RunningComments::start(&db).await;
+    let app = serve_comments(&db).await;
     // Hold the request's first look at known_posts until we have seen it start, then let
     // it find nothing: the post arrives only once the request is waiting for it.
     let mut blocker = db.pool.begin().await.unwrap();
@@ -591,7 +487,7 @@ async fn a_comment_on_a_post_that_becomes_known_during_the_wait_is_201() {
         id: "late".into(),
         title: "t".into(),
     });
-    app.deliver(&envelope(1, &post)).await;
+    app.deliver(&[envelope(1, &post)]).await;
     let (status, comments) = request.await.unwrap();
     assert_eq!(status, 201, "{comments}");
     assert_eq!(comments[0]["content"], "first!");

@@ -4,20 +4,20 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use std::time::Duration;
-
 use common::bus::BusClient;
 use common::config::Env;
 use common::consumer::Consumer;
 use common::events::{CommentCreated, CommentStatus, Envelope, Event};
-use common::telemetry::TraceParent;
-use common::testing::{cluster::free_port, init_test_logging, TestDatabase};
+use common::testing::{
+    assert_trace_continued, assert_written_in_one_transaction, delivered, hide_outbox,
+    init_test_logging, outbox_publications, restore_outbox, service_env_with, unreachable_bus_url,
+    RunningApp, TestDatabase,
+};
 use moderation::domain::Blocklist;
 use moderation::handlers::Moderator;
 use moderation::store;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 /// A fresh database with the moderation schema and the shared tables (outbox, cursor).
 async fn moderation_db() -> TestDatabase {
@@ -25,16 +25,12 @@ async fn moderation_db() -> TestDatabase {
     TestDatabase::new(&common::db::with_shared_migrations(&moderation::MIGRATOR)).await
 }
 
-fn unreachable_bus() -> String {
-    format!("http://127.0.0.1:{}", free_port().unwrap())
-}
-
 /// A consumer with the course's blocklist; the batches these tests deliver are gap-free,
 /// so it never reads from the (unreachable) bus.
 fn consumer(db: &TestDatabase) -> Consumer<Moderator> {
     Consumer::new(
         db.pool.clone(),
-        BusClient::new(&unreachable_bus(), None),
+        BusClient::new(&unreachable_bus_url(), None),
         Moderator {
             blocklist: Blocklist::course_default(),
         },
@@ -50,19 +46,9 @@ fn comment_created(id: &str, content: &str) -> Event {
     })
 }
 
-/// An envelope as the bus delivers it.
+/// An envelope as the bus delivers it, from comments (which publishes `CommentCreated`).
 fn envelope(seq: i64, event: &Event) -> Envelope {
-    let tagged = serde_json::to_value(event).unwrap();
-    serde_json::from_value(json!({
-        "id": Uuid::now_v7(),
-        "seq": seq,
-        "type": tagged["type"],
-        "data": tagged["data"],
-        "source": "comments",
-        "occurredAt": "2026-11-22T18:00:00Z",
-        "traceparent": TraceParent::new_root().to_string(),
-    }))
-    .unwrap()
+    delivered(seq, event, "comments")
 }
 
 async fn decisions(pool: &PgPool) -> Vec<(String, String, String)> {
@@ -70,18 +56,6 @@ async fn decisions(pool: &PgPool) -> Vec<(String, String, String)> {
         .fetch_all(pool)
         .await
         .unwrap()
-}
-
-/// Outbox publications, oldest first.
-async fn published(pool: &PgPool) -> Vec<Value> {
-    let rows: Vec<String> =
-        sqlx::query_scalar("SELECT publication::text FROM outbox ORDER BY position")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    rows.iter()
-        .map(|r| serde_json::from_str(r).unwrap())
-        .collect()
 }
 
 fn blocklist_from(value: Option<&str>) -> Blocklist {
@@ -183,7 +157,7 @@ async fn a_new_comment_gets_one_decision_and_one_comment_moderated_event_in_one_
             ("c2".into(), "p1".into(), "rejected".into()),
         ]
     );
-    let events = published(&db.pool).await;
+    let events = outbox_publications(&db.pool).await;
     let data: Vec<&Value> = events.iter().map(|e| &e["data"]).collect();
     assert_eq!(
         data,
@@ -194,24 +168,16 @@ async fn a_new_comment_gets_one_decision_and_one_comment_moderated_event_in_one_
     );
     assert!(events.iter().all(|e| e["type"] == "CommentModerated"));
     assert!(events.iter().all(|e| e["source"] == "moderation"));
-    let cause = TraceParent::parse(fine.traceparent.as_deref().unwrap()).unwrap();
-    let continued = TraceParent::parse(events[0]["traceparent"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        continued.trace_id, cause.trace_id,
-        "the trace was not carried on"
+    assert_trace_continued(
+        fine.traceparent.as_deref(),
+        events[0]["traceparent"].as_str(),
     );
-
-    let xmins: Vec<String> = sqlx::query_scalar(
-        "SELECT xmin::text FROM decisions UNION ALL SELECT xmin::text FROM outbox
-         UNION ALL SELECT xmin::text FROM consumer_cursor",
+    assert_written_in_one_transaction(
+        &db.pool,
+        &["decisions", "outbox", "consumer_cursor"],
+        "decision, event and cursor",
     )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert!(
-        xmins.iter().all(|x| *x == xmins[0]),
-        "decision, event and cursor in different transactions: {xmins:?}"
-    );
+    .await;
 }
 
 #[tokio::test]
@@ -234,7 +200,7 @@ async fn a_redelivered_comment_created_yields_no_second_decision_and_no_second_e
         decisions(&db.pool).await,
         vec![("c1".into(), "p1".into(), "approved".into())]
     );
-    let events = published(&db.pool).await;
+    let events = outbox_publications(&db.pool).await;
     assert_eq!(events.len(), 1, "a second CommentModerated: {events:?}");
     assert_eq!(events[0]["data"]["status"], "approved");
 }
@@ -243,55 +209,32 @@ async fn a_redelivered_comment_created_yields_no_second_decision_and_no_second_e
 async fn when_the_event_cannot_be_written_no_decision_is_kept() {
     let db = moderation_db().await;
     let consumer = consumer(&db);
-    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    hide_outbox(&db.pool).await;
     let created = envelope(1, &comment_created("c1", "Nice post"));
     assert!(consumer.deliver(vec![created.clone()]).await.is_err());
     // A decision kept without its event would be announced never.
     assert!(decisions(&db.pool).await.is_empty());
     assert_eq!(consumer.cursor().await.unwrap(), 0);
 
-    sqlx::query("ALTER TABLE outbox_gone RENAME TO outbox")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    restore_outbox(&db.pool).await;
     consumer.deliver(vec![created]).await.unwrap();
     assert_eq!(decisions(&db.pool).await.len(), 1);
-    assert_eq!(published(&db.pool).await.len(), 1);
+    assert_eq!(outbox_publications(&db.pool).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_moderates_deliveries_with_the_configured_blocklist() {
     let db = moderation_db().await;
-    let bus = unreachable_bus();
-    let env = Env::from_pairs([
-        ("PORT", "0"),
-        ("DATABASE_URL", db.url.as_str()),
-        ("EVENT_BUS_URL", bus.as_str()),
-        ("MODERATION_BLOCKLIST", "spam, eggs"),
-    ]);
-    let app = moderation::build(moderation::config_from_env(&env).unwrap())
-        .await
-        .unwrap();
-    let url = format!("http://127.0.0.1:{}/events", app.port());
-    let stop = app.stop_handle();
-    let task = tokio::spawn(app.run_until_stopped());
+    let bus = unreachable_bus_url();
+    let env = service_env_with(&db, &bus, [("MODERATION_BLOCKLIST", "spam, eggs")]);
+    let app = RunningApp::start(&env, moderation::config_from_env, moderation::build).await;
 
-    let batch = vec![
-        envelope(1, &comment_created("c1", "Buy SPAM now")),
-        envelope(2, &comment_created("c2", "orange is fine here")),
-    ];
-    let response = reqwest::Client::new()
-        .post(&url)
-        .timeout(Duration::from_secs(30))
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let outcome: Value = response.json().await.unwrap();
+    let outcome = app
+        .deliver(&[
+            envelope(1, &comment_created("c1", "Buy SPAM now")),
+            envelope(2, &comment_created("c2", "orange is fine here")),
+        ])
+        .await;
     assert_eq!(outcome, json!({"applied": 2, "skipped": 0, "cursor": 2}));
     assert_eq!(
         decisions(&db.pool).await,
@@ -301,7 +244,6 @@ async fn the_service_moderates_deliveries_with_the_configured_blocklist() {
         ]
     );
     // The bus is unreachable: both events wait in the outbox.
-    assert_eq!(published(&db.pool).await.len(), 2);
-    stop.stop();
-    task.await.unwrap().unwrap();
+    assert_eq!(outbox_publications(&db.pool).await.len(), 2);
+    app.stop().await;
 }

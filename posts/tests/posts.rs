@@ -4,40 +4,21 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use common::config::Env;
-use common::server::StopHandle;
 use common::telemetry::TraceParent;
-use common::testing::{cluster::free_port, init_test_logging, TestDatabase};
+use common::testing::{
+    assert_written_in_one_transaction, count_rows, hide_outbox, init_test_logging,
+    outbox_publications, restore_outbox, service_env, unreachable_bus_url, RunningApp,
+    TestDatabase,
+};
 use posts::domain::Title;
 use posts::store;
 use serde_json::{json, Value};
-use sqlx::PgPool;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// A fresh database with the posts schema and the shared tables (outbox).
 async fn posts_db() -> TestDatabase {
     init_test_logging();
     TestDatabase::new(&common::db::with_shared_migrations(&posts::MIGRATOR)).await
-}
-
-async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// Each outbox row: its event id and its publication as JSON, oldest first.
-async fn outbox_rows(pool: &PgPool) -> Vec<(Uuid, Value)> {
-    let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT event_id, publication::text FROM outbox ORDER BY position")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    rows.into_iter()
-        .map(|(id, json)| (id, serde_json::from_str(&json).unwrap()))
-        .collect()
 }
 
 #[tokio::test]
@@ -54,9 +35,13 @@ async fn a_post_and_its_post_created_event_are_written_in_one_transaction() {
         .await
         .unwrap();
     assert_eq!(stored, vec![(post.id, "Hello".to_owned())]);
-    let outbox = outbox_rows(&db.pool).await;
+    let outbox = outbox_publications(&db.pool).await;
     assert_eq!(outbox.len(), 1, "expected exactly one outbox row");
-    let (event_id, publication) = &outbox[0];
+    let publication = &outbox[0];
+    let event_id: Uuid = sqlx::query_scalar("SELECT event_id FROM outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(
         publication["id"],
         json!(event_id),
@@ -70,16 +55,7 @@ async fn a_post_and_its_post_created_event_are_written_in_one_transaction() {
     assert_eq!(publication["source"], "posts");
     assert_eq!(publication["traceparent"], trace.to_string());
 
-    // Both rows carry the id of the transaction that wrote them: it was the same one.
-    let post_xmin: String = sqlx::query_scalar("SELECT xmin::text FROM posts")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    let outbox_xmin: String = sqlx::query_scalar("SELECT xmin::text FROM outbox")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(post_xmin, outbox_xmin, "post and event in two transactions");
+    assert_written_in_one_transaction(&db.pool, &["posts", "outbox"], "post and event").await;
 }
 
 #[tokio::test]
@@ -106,76 +82,34 @@ async fn all_posts_lists_posts_in_creation_order() {
 async fn when_the_event_cannot_be_written_no_post_remains() {
     let db = posts_db().await;
     let trace = TraceParent::new_root();
-    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    hide_outbox(&db.pool).await;
     let failed = store::create_post(&db.pool, Title::parse("lost").unwrap(), &trace).await;
     assert!(failed.is_err(), "the outbox insert should have failed");
     assert_eq!(
-        count(&db.pool, "posts").await,
+        count_rows(&db.pool, "posts").await,
         0,
         "a post without its event"
     );
 
-    sqlx::query("ALTER TABLE outbox_gone RENAME TO outbox")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    restore_outbox(&db.pool).await;
     store::create_post(&db.pool, Title::parse("kept").unwrap(), &trace)
         .await
         .unwrap();
-    assert_eq!(count(&db.pool, "posts").await, 1);
-    assert_eq!(count(&db.pool, "outbox").await, 1);
+    assert_eq!(count_rows(&db.pool, "posts").await, 1);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 1);
 }
 
 /// The posts app on port 0, its bus an unused port: the relay retries and keeps every
 /// outbox row, so tests can see what each request wrote.
-struct RunningPosts {
-    url: String,
-    stop: StopHandle,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl RunningPosts {
-    async fn start(db: &TestDatabase) -> Self {
-        let bus = format!("http://127.0.0.1:{}", free_port().unwrap());
-        let env = Env::from_pairs([
-            ("PORT", "0"),
-            ("DATABASE_URL", db.url.as_str()),
-            ("EVENT_BUS_URL", bus.as_str()),
-        ]);
-        let app = posts::build(posts::config_from_env(&env).unwrap())
-            .await
-            .unwrap();
-        let url = format!("http://127.0.0.1:{}", app.port());
-        let stop = app.stop_handle();
-        let task = tokio::spawn(app.run_until_stopped());
-        Self { url, stop, task }
-    }
-
-    async fn post_json(&self, path: &str, body: &str) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn stop(self) {
-        self.stop.stop();
-        self.task.await.unwrap().unwrap();
-    }
+async fn serve_posts(db: &TestDatabase) -> RunningApp {
+    let env = service_env(db, &unreachable_bus_url());
+    RunningApp::start(&env, posts::config_from_env, posts::build).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_a_post_answers_201_with_a_uuid_v7_id_even_while_the_bus_is_down() {
     let db = posts_db().await;
-    let app = RunningPosts::start(&db).await;
+    let app = serve_posts(&db).await;
 
     let (status, first) = app
         .post_json("/posts/create", r#"{"title":"  First post  "}"#)
@@ -188,12 +122,8 @@ async fn creating_a_post_answers_201_with_a_uuid_v7_id_even_while_the_bus_is_dow
     let (status, second) = app.post_json("/posts", r#"{"title":"Second"}"#).await;
     assert_eq!(status, 201, "{second}");
 
-    let listed: Value = reqwest::get(format!("{}/posts", app.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, listed) = app.get_json("/posts").await;
+    assert_eq!(status, 200, "{listed}");
     let second_id = second["id"].as_str().unwrap();
     assert_eq!(
         listed.as_object().unwrap().keys().collect::<Vec<_>>(),
@@ -204,10 +134,10 @@ async fn creating_a_post_answers_201_with_a_uuid_v7_id_even_while_the_bus_is_dow
     assert_eq!(listed[second_id], second);
 
     // The bus is unreachable: both events wait in the outbox, one per post.
-    let published: Vec<Value> = outbox_rows(&db.pool)
+    let published: Vec<Value> = outbox_publications(&db.pool)
         .await
         .into_iter()
-        .map(|(_, p)| p["data"].clone())
+        .map(|p| p["data"].clone())
         .collect();
     assert_eq!(published, vec![first, second]);
     app.stop().await;
@@ -216,7 +146,7 @@ async fn creating_a_post_answers_201_with_a_uuid_v7_id_even_while_the_bus_is_dow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_post_writes_neither_a_post_nor_an_event() {
     let db = posts_db().await;
-    let app = RunningPosts::start(&db).await;
+    let app = serve_posts(&db).await;
     let cases = [
         ("missing title", "{}".to_owned(), 422, "invalid_body"),
         (
@@ -260,8 +190,8 @@ async fn a_refused_post_writes_neither_a_post_nor_an_event() {
         .unwrap();
     assert_eq!(not_json.status(), 415);
 
-    assert_eq!(count(&db.pool, "posts").await, 0);
-    assert_eq!(count(&db.pool, "outbox").await, 0);
+    assert_eq!(count_rows(&db.pool, "posts").await, 0);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 0);
     // Exactly 200 characters is still a title.
     let (status, _) = app
         .post_json(
@@ -270,19 +200,16 @@ async fn a_refused_post_writes_neither_a_post_nor_an_event() {
         )
         .await;
     assert_eq!(status, 201);
-    assert_eq!(count(&db.pool, "posts").await, 1);
-    assert_eq!(count(&db.pool, "outbox").await, 1);
+    assert_eq!(count_rows(&db.pool, "posts").await, 1);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 1);
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_whose_event_cannot_be_written_is_a_503_and_leaves_no_post() {
     let db = posts_db().await;
-    let app = RunningPosts::start(&db).await;
-    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let app = serve_posts(&db).await;
+    hide_outbox(&db.pool).await;
     let (status, error) = app.post_json("/posts/create", r#"{"title":"half"}"#).await;
     assert_eq!(status, 503, "{error}");
     assert_eq!(error["error"]["code"], "unavailable");
@@ -291,13 +218,10 @@ async fn a_post_whose_event_cannot_be_written_is_a_503_and_leaves_no_post() {
         "the cause must be logged, not sent"
     );
     assert_eq!(
-        count(&db.pool, "posts").await,
+        count_rows(&db.pool, "posts").await,
         0,
         "a post without its event"
     );
-    sqlx::query("ALTER TABLE outbox_gone RENAME TO outbox")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    restore_outbox(&db.pool).await;
     app.stop().await;
 }

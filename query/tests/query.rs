@@ -11,11 +11,11 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use common::bus::BusClient;
-use common::config::Env;
 use common::consumer::Consumer;
 use common::events::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
-use common::server::StopHandle;
-use common::testing::{cluster::free_port, eventually, init_test_logging, TestDatabase};
+use common::testing::{
+    eventually, init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase,
+};
 use query::cache::ViewCache;
 use query::handlers::ViewHandler;
 use query::store;
@@ -23,7 +23,6 @@ use serde_json::{json, Value};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -175,14 +174,20 @@ async fn adding_a_post_or_comment_twice_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn an_older_version_never_overwrites_a_newer_one() {
-    let db = query_db().await;
-    let mut conn = conn(&db).await;
+/// Post p1 with the pending comment c1 ("hello") on it; the connection that wrote them.
+async fn post_p1_with_comment_c1(db: &TestDatabase) -> PoolConnection<Postgres> {
+    let mut conn = conn(db).await;
     store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
     store::add_comment(&mut conn, &comment("c1", "p1", "hello"))
         .await
         .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn an_older_version_never_overwrites_a_newer_one() {
+    let db = query_db().await;
+    let mut conn = post_p1_with_comment_c1(&db).await;
     assert!(
         store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Rejected, 2))
             .await
@@ -231,11 +236,7 @@ async fn an_update_that_overtakes_its_comment_created_is_kept() {
 #[tokio::test]
 async fn a_course_comment_updated_without_a_version_still_updates_a_pending_comment() {
     let db = query_db().await;
-    let mut conn = conn(&db).await;
-    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
-    store::add_comment(&mut conn, &comment("c1", "p1", "hello"))
-        .await
-        .unwrap();
+    let mut conn = post_p1_with_comment_c1(&db).await;
     // What the course's comments service sends: no version, which reads as 0.
     let course: CommentUpdated = serde_json::from_value(
         json!({"id": "c1", "postId": "p1", "content": "hello", "status": "approved"}),
@@ -346,10 +347,6 @@ async fn one_post_is_served_in_the_courses_shape_and_an_unknown_one_is_none() {
     assert!(store::post(&db.pool, "nosuchpost").await.unwrap().is_none());
 }
 
-fn unreachable_bus() -> String {
-    format!("http://127.0.0.1:{}", free_port().unwrap())
-}
-
 #[tokio::test]
 async fn the_handler_announces_each_change_after_commit_and_nothing_for_repeats() {
     let db = query_db().await;
@@ -357,7 +354,7 @@ async fn the_handler_announces_each_change_after_commit_and_nothing_for_repeats(
     let cache = std::sync::Arc::new(ViewCache::default());
     let consumer = Consumer::new(
         db.pool.clone(),
-        BusClient::new(&unreachable_bus(), None),
+        BusClient::new(&unreachable_bus_url(), None),
         ViewHandler::new(changes, cache),
     );
     let batch = vec![
@@ -447,55 +444,17 @@ impl FakeBus {
     }
 }
 
-/// The query app on port 0, ready (caught up with `bus`).
-struct RunningQuery {
-    url: String,
-    stop: StopHandle,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl RunningQuery {
-    async fn start(db: &TestDatabase, bus: &FakeBus) -> Self {
-        let env = Env::from_pairs([
-            ("PORT", "0"),
-            ("DATABASE_URL", db.url.as_str()),
-            ("EVENT_BUS_URL", bus.url.as_str()),
-        ]);
-        let app = query::build(query::config_from_env(&env).unwrap())
-            .await
-            .unwrap();
-        let url = format!("http://127.0.0.1:{}", app.port());
-        let stop = app.stop_handle();
-        let task = tokio::spawn(app.run_until_stopped());
-        let ready = format!("{url}/readyz");
-        eventually(WAIT, "query ready", || async {
-            reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        Self { url, stop, task }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    /// Delivers a batch as the bus does.
-    async fn deliver(&self, batch: &[Envelope]) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/events", self.url))
-            .json(batch)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
-
-    async fn stop(self) {
-        self.stop.stop();
-        self.task.await.unwrap().unwrap();
-    }
+/// The query app on port 0 reading `log` from a stand-in bus, ready (caught up with it).
+async fn serve_query(db: &TestDatabase, log: Vec<Envelope>) -> (RunningApp, FakeBus) {
+    let bus = FakeBus::start(log);
+    let env = service_env(db, &bus.url);
+    let app = RunningApp::start(&env, query::config_from_env, query::build).await;
+    let ready = format!("{}/readyz", app.url);
+    eventually(WAIT, "query ready", || async {
+        reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    (app, bus)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,10 +463,9 @@ async fn the_view_catches_up_with_the_log_before_it_reports_ready() {
     let log: Vec<Envelope> = (1..=1500)
         .map(|n| envelope(n, &Event::PostCreated(post(&format!("p{n}"), "t"))))
         .collect();
-    let bus = FakeBus::start(log);
-    let app = RunningQuery::start(&db, &bus).await;
+    let (app, bus) = serve_query(&db, log).await;
     // Ready means caught up: the whole log (more than one catch-up page) is in the view.
-    let (status, whole) = app.get("/posts").await;
+    let (status, whole) = app.get_json("/posts").await;
     assert_eq!(status, 200);
     assert_eq!(whole.as_object().unwrap().len(), 1500);
     assert_eq!(keys(&whole)[1499], "p1500");
@@ -518,25 +476,27 @@ async fn the_view_catches_up_with_the_log_before_it_reports_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_paging_is_a_400_json_error_and_an_unknown_post_is_a_404() {
     let db = query_db().await;
-    let bus = FakeBus::start(Vec::new());
-    let app = RunningQuery::start(&db, &bus).await;
+    let (app, bus) = serve_query(&db, Vec::new()).await;
     for query in ["limit=0", "limit=1001", "limit=-1", "limit=ten"] {
-        let (status, error) = app.get(&format!("/posts?{query}")).await;
+        let (status, error) = app.get_json(&format!("/posts?{query}")).await;
         assert_eq!(status, 400, "{query}: {error}");
         assert_eq!(error["error"]["code"], "bad_request", "{query}: {error}");
         assert!(error["error"]["message"].is_string());
     }
     for query in ["limit=1", "limit=1000"] {
-        assert_eq!(app.get(&format!("/posts?{query}")).await, (200, json!({})));
+        assert_eq!(
+            app.get_json(&format!("/posts?{query}")).await,
+            (200, json!({}))
+        );
     }
-    let (status, error) = app.get("/posts/nosuchpost").await;
+    let (status, error) = app.get_json("/posts/nosuchpost").await;
     assert_eq!(status, 404, "{error}");
     assert_eq!(error["error"]["code"], "not_found");
 
     app.deliver(&[envelope(1, &Event::PostCreated(post("p1", "t")))])
         .await;
     assert_eq!(
-        app.get("/posts/p1").await,
+        app.get_json("/posts/p1").await,
         (200, json!({"id": "p1", "title": "t", "comments": []}))
     );
     app.stop().await;
@@ -546,13 +506,12 @@ async fn bad_paging_is_a_400_json_error_and_an_unknown_post_is_a_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_page_is_never_served_after_the_view_changes() {
     let db = query_db().await;
-    let bus = FakeBus::start(Vec::new());
-    let app = RunningQuery::start(&db, &bus).await;
+    let (app, bus) = serve_query(&db, Vec::new()).await;
     let pages = ["/posts", "/posts?limit=1", "/posts?limit=5&before=p2"];
     // Each page rendered (and cached) twice while the view is empty.
     for page in pages {
-        assert_eq!(app.get(page).await, (200, json!({})));
-        assert_eq!(app.get(page).await, (200, json!({})));
+        assert_eq!(app.get_json(page).await, (200, json!({})));
+        assert_eq!(app.get_json(page).await, (200, json!({})));
     }
 
     app.deliver(&[
@@ -560,19 +519,19 @@ async fn a_cached_page_is_never_served_after_the_view_changes() {
         envelope(2, &Event::PostCreated(post("p2", "second"))),
     ])
     .await;
-    assert_eq!(keys(&app.get(pages[0]).await.1), ["p1", "p2"]);
-    assert_eq!(keys(&app.get(pages[1]).await.1), ["p2"]);
-    assert_eq!(keys(&app.get(pages[2]).await.1), ["p1"]);
+    assert_eq!(keys(&app.get_json(pages[0]).await.1), ["p1", "p2"]);
+    assert_eq!(keys(&app.get_json(pages[1]).await.1), ["p2"]);
+    assert_eq!(keys(&app.get_json(pages[2]).await.1), ["p1"]);
 
     app.deliver(&[envelope(
         3,
         &Event::CommentCreated(comment("c1", "p1", "hi")),
     )])
     .await;
-    let (_, whole) = app.get("/posts").await;
+    let (_, whole) = app.get_json("/posts").await;
     assert_eq!(whole["p1"]["comments"][0]["status"], "pending");
     assert_eq!(
-        app.get(pages[2]).await.1["p1"]["comments"][0]["status"],
+        app.get_json(pages[2]).await.1["p1"]["comments"][0]["status"],
         "pending"
     );
 
@@ -581,13 +540,13 @@ async fn a_cached_page_is_never_served_after_the_view_changes() {
         &Event::CommentUpdated(update("c1", "p1", CommentStatus::Rejected, 1)),
     )])
     .await;
-    let (_, whole) = app.get("/posts").await;
+    let (_, whole) = app.get_json("/posts").await;
     assert_eq!(
         whole["p1"]["comments"],
         json!([{"id": "c1", "content": "content of c1", "status": "rejected"}])
     );
     assert_eq!(
-        app.get(pages[2]).await.1["p1"]["comments"][0]["status"],
+        app.get_json(pages[2]).await.1["p1"]["comments"][0]["status"],
         "rejected"
     );
     app.stop().await;

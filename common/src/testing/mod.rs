@@ -1,6 +1,8 @@
 //! Test support (feature `test-support`): a fresh database per test on a throwaway
-//! cluster, a recording subscriber, and waiting on conditions with deadlines.
+//! cluster, a service app served on port 0, a recording subscriber, waiting on conditions
+//! with deadlines, and the checks every service's tests make of what it wrote.
 
+mod app;
 pub mod cluster;
 mod subscriber;
 
@@ -8,10 +10,15 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::events::{Envelope, Event};
+use crate::telemetry::TraceParent;
+
+pub use app::{service_env, service_env_with, unreachable_bus_url, RunningApp};
 pub use cluster::pg_binary;
 pub use subscriber::{RecordingSubscriber, SubscriberMode};
 
@@ -195,4 +202,92 @@ pub fn init_test_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// `event` as the bus delivers it: numbered `seq`, from `source`, starting a trace of its
+/// own.
+pub fn delivered(seq: i64, event: &Event, source: &str) -> Envelope {
+    let tagged = serde_json::to_value(event).expect("events serialize");
+    serde_json::from_value(serde_json::json!({
+        "id": uuid::Uuid::now_v7(),
+        "seq": seq,
+        "type": tagged["type"],
+        "data": tagged["data"],
+        "source": source,
+        "occurredAt": "2026-11-22T18:00:00Z",
+        "traceparent": TraceParent::new_root().to_string(),
+    }))
+    .expect("a valid envelope")
+}
+
+/// How many rows `table` holds.
+pub async fn count_rows(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("count the rows of {table}: {error}"))
+}
+
+/// What the outbox holds, oldest first: each row's publication as JSON.
+pub async fn outbox_publications(pool: &PgPool) -> Vec<Value> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT publication::text FROM outbox ORDER BY position")
+            .fetch_all(pool)
+            .await
+            .expect("read the outbox");
+    rows.iter()
+        .map(|row| serde_json::from_str(row).expect("a publication is JSON"))
+        .collect()
+}
+
+/// Makes every write to the outbox fail (the table is renamed away) until
+/// `restore_outbox`: how tests prove a change and its event are written both or neither.
+pub async fn hide_outbox(pool: &PgPool) {
+    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone")
+        .execute(pool)
+        .await
+        .expect("rename the outbox away");
+}
+
+/// Undoes `hide_outbox`.
+pub async fn restore_outbox(pool: &PgPool) {
+    sqlx::query("ALTER TABLE outbox_gone RENAME TO outbox")
+        .execute(pool)
+        .await
+        .expect("rename the outbox back");
+}
+
+/// Asserts that every row of each of `sources` (a table, optionally followed by a
+/// `WHERE`) was last written by one and the same transaction: a row's `xmin` is the id of
+/// the transaction that wrote it. `what` names the rows in the failure message.
+pub async fn assert_written_in_one_transaction(pool: &PgPool, sources: &[&str], what: &str) {
+    let mut xmins = Vec::new();
+    for source in sources {
+        let written: Vec<String> = sqlx::query_scalar(&format!("SELECT xmin::text FROM {source}"))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|error| panic!("read the xmin of {source}: {error}"));
+        // An empty source would make the check hold by saying nothing.
+        assert!(!written.is_empty(), "no rows in {source}");
+        xmins.extend(written.into_iter().map(|xmin| (*source, xmin)));
+    }
+    assert!(
+        xmins.iter().all(|(_, xmin)| *xmin == xmins[0].1),
+        "{what} written in different transactions: {xmins:?}"
+    );
+}
+
+/// Asserts that an event caused by another carries on the cause's trace.
+#[track_caller]
+pub fn assert_trace_continued(cause_traceparent: Option<&str>, event_traceparent: Option<&str>) {
+    let cause = cause_traceparent
+        .and_then(TraceParent::parse)
+        .expect("the cause has a valid traceparent");
+    let continued = event_traceparent
+        .and_then(TraceParent::parse)
+        .expect("the event has a valid traceparent");
+    assert_eq!(
+        continued.trace_id, cause.trace_id,
+        "the trace was not carried on"
+    );
 }
