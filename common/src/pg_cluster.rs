@@ -121,13 +121,25 @@ pub fn pg_binary(name: &str) -> io::Result<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    versions.sort();
+    // Newest first, by number: "15" is newer than "9.6".
+    versions.sort_by_key(|path| major_version(path));
     versions.into_iter().rev().find(|p| p.is_file()).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("PostgreSQL's {name} was not found on PATH or in /usr/lib/postgresql/*/bin; install it with `apt-get install -y postgresql`"),
         )
     })
+}
+
+/// `/usr/lib/postgresql/15/bin/initdb` → [15]; `…/9.6/bin/initdb` → [9, 6].
+fn major_version(binary: &Path) -> Vec<u32> {
+    binary
+        .ancestors()
+        .nth(2)
+        .and_then(|dir| dir.file_name())
+        .and_then(|name| name.to_str())
+        .map(|name| name.split('.').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// PostgreSQL refuses to run as root, so as root its tools run as the `postgres` user.
@@ -164,4 +176,21 @@ fn chown_to_postgres(path: &Path) -> io::Result<()> {
             .map_err(|_| io::Error::other("no `postgres` system user: install PostgreSQL with `apt-get install -y postgresql`"))
     };
     std::os::unix::fs::chown(path, Some(id("-u")?), Some(id("-g")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_postgresql_wins_by_number() {
+        let mut versions = ["9.6", "15", "13"]
+            .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin/initdb")))
+            .to_vec();
+        versions.sort_by_key(|path| major_version(path));
+        assert_eq!(
+            versions.last(),
+            Some(&PathBuf::from("/usr/lib/postgresql/15/bin/initdb"))
+        );
+    }
 }

@@ -54,7 +54,14 @@ fn options() -> Result<Options, String> {
                     .and_then(|p| p.parse().ok())
                     .ok_or("--port needs a port number")?
             }
-            "--data" => options.data = Some(args.next().ok_or("--data needs a directory")?.into()),
+            "--data" => {
+                let dir = PathBuf::from(args.next().ok_or("--data needs a directory")?);
+                // PostgreSQL resolves relative paths against its own data directory.
+                options.data = Some(
+                    std::path::absolute(&dir)
+                        .map_err(|e| format!("--data {}: {e}", dir.display()))?,
+                );
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }

@@ -74,6 +74,7 @@ pub fn supervise(program: Program, mut stop: watch::Receiver<bool>) -> JoinHandl
                     return;
                 }
             };
+            let started = std::time::Instant::now();
             let status = tokio::select! {
                 status = child.wait() => status,
                 _ = stopped(&mut stop) => {
@@ -83,6 +84,10 @@ pub fn supervise(program: Program, mut stop: watch::Receiver<bool>) -> JoinHandl
             };
             if *stop.borrow() {
                 return;
+            }
+            // A service that ran a while before crashing gets a quick restart again.
+            if started.elapsed() > Duration::from_secs(30) {
+                restarts = 0;
             }
             restarts += 1;
             let delay = Duration::from_millis(500 * u64::from(restarts.min(10)));
@@ -126,9 +131,13 @@ fn start(program: &Program) -> std::io::Result<Child> {
 
 fn forward(stream: impl AsyncRead + Unpin + Send + 'static, prefix: Prefix) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            prefix.say(&line);
+        // Bytes, not text: one line that is not UTF-8 must not end the service's log.
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            prefix.say(text.trim_end_matches(['\n', '\r']));
+            line.clear();
         }
     });
 }
