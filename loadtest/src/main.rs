@@ -1,9 +1,10 @@
 //! Load measurements, rerunnable: `cargo build --release --workspace` then
-//! `target/release/loadtest bus` or `… flow`. Each run starts its own PostgreSQL (durable settings)
+//! `target/release/loadtest bus`, `… flow` or `… rebuild`. Each run starts its own PostgreSQL (durable settings)
 //! and real service processes, reports figures, and removes everything it started.
 
 mod bus;
 mod flow;
+mod rebuild;
 mod stack;
 
 #[tokio::main]
@@ -12,8 +13,9 @@ async fn main() -> std::process::ExitCode {
     let result = match what.as_str() {
         "bus" => bus::run().await,
         "flow" => flow::run().await,
+        "rebuild" => rebuild::run().await,
         _ => {
-            eprintln!("usage: loadtest bus|flow");
+            eprintln!("usage: loadtest bus|flow|rebuild");
             return std::process::ExitCode::from(2);
         }
     };
