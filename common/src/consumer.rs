@@ -197,10 +197,17 @@ impl<H: EventHandler> Consumer<H> {
             seq = envelope.seq,
             r#type = %envelope.kind,
             trace_id = envelope.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or(""),
+            post_id = tracing::field::Empty,
+            comment_id = tracing::field::Empty,
         );
         let _entered = span.enter();
         match envelope.decode() {
             Decoded::Known(event) => {
+                let (post_id, comment_id) = event.subject();
+                span.record("post_id", post_id);
+                if let Some(comment_id) = comment_id {
+                    span.record("comment_id", comment_id);
+                }
                 drop(_entered);
                 tracing::Instrument::instrument(
                     self.handler.apply(conn, envelope, event),

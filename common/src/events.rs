@@ -84,6 +84,16 @@ impl Event {
         }
     }
 
+    /// The post and (for comment events) the comment the event is about, for logs.
+    pub fn subject(&self) -> (&str, Option<&str>) {
+        match self {
+            Self::PostCreated(post) => (&post.id, None),
+            Self::CommentCreated(c) => (&c.post_id, Some(&c.id)),
+            Self::CommentModerated(c) => (&c.post_id, Some(&c.id)),
+            Self::CommentUpdated(c) => (&c.post_id, Some(&c.id)),
+        }
+    }
+
     fn data(&self) -> Map<String, Value> {
         let value = match self {
             Self::PostCreated(data) => serde_json::to_value(data),
@@ -289,6 +299,23 @@ mod batch_tests {
             occurred_at: OffsetDateTime::now_utc(),
             traceparent: None,
         }
+    }
+
+    #[test]
+    fn every_event_names_the_post_and_comment_it_is_about() {
+        let post = Event::PostCreated(PostCreated {
+            id: "p1".into(),
+            title: "t".into(),
+        });
+        assert_eq!(post.subject(), ("p1", None));
+        let updated = Event::CommentUpdated(CommentUpdated {
+            id: "c1".into(),
+            post_id: "p1".into(),
+            content: "x".into(),
+            status: CommentStatus::Approved,
+            version: 2,
+        });
+        assert_eq!(updated.subject(), ("p1", Some("c1")));
     }
 
     #[test]
