@@ -246,3 +246,14 @@ pub async fn comment_status(stack: &Stack, post_id: &str, comment_id: &str) -> O
         .as_str()
         .map(str::to_owned)
 }
+
+/// The query service's Server-Sent Events stream, open for up to two minutes.
+pub async fn open_live_stream(stack: &Stack) -> reqwest::Response {
+    let url = format!("{}/posts/stream", stack.url("query"));
+    http()
+        .get(&url)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use common::testing::eventually;
 use serde_json::{json, Value};
-use systemtests::{comment_status, create_comment, create_post, get_json, http, view, Stack};
+use systemtests::{
+    comment_status, create_comment, create_post, get_json, http, open_live_stream, view, Stack,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -39,12 +41,7 @@ async fn read_changes(mut response: reqwest::Response, count: usize) -> Vec<Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_and_its_comments_reach_the_view_and_moderation_shows_live() {
     let stack = Stack::start().await;
-    let stream = http()
-        .get(format!("{}/posts/stream", stack.url("query")))
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .unwrap();
+    let stream = open_live_stream(&stack).await;
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
 
     let post = create_post(&stack, "  Hello, microblog  ").await;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::testing::eventually;
 use serde_json::Value;
-use systemtests::{comment_status, create_comment, create_post, http, view, Stack};
+use systemtests::{
+    comment_status, create_comment, create_post, http, open_live_stream, view, Stack,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -188,12 +190,7 @@ async fn a_view_rebuilt_from_the_log_equals_the_view_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_live_stream_does_not_hold_up_a_graceful_stop() {
     let mut stack = Stack::start().await;
-    let stream = http()
-        .get(format!("{}/posts/stream", stack.url("query")))
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .unwrap();
+    let stream = open_live_stream(&stack).await;
     assert_eq!(stream.status(), 200);
     let stopping = std::time::Instant::now();
     stack.stop("query");
