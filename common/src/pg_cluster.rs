@@ -61,6 +61,25 @@ pub fn start(data: &Path, port: u16, options: &str) -> io::Result<()> {
     ]))
 }
 
+/// Creates database `name` on the server at `server_url` (`postgres://user@host:port`)
+/// unless it exists, and returns the database's URL.
+pub async fn ensure_database(server_url: &str, name: &str) -> Result<String, sqlx::Error> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&format!("{server_url}/postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await?;
+    }
+    admin.close().await?;
+    Ok(format!("{server_url}/{name}"))
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum StopMode {
     /// Disconnects clients and shuts down cleanly.

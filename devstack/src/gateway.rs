@@ -19,7 +19,7 @@ const BODY_LIMIT: usize = 1024 * 1024;
 
 /// Connection-level headers a proxy must not pass on (RFC 9110 §7.6.1), plus the ones
 /// the proxy sets itself (a client's own `X-Forwarded-For` is not trusted).
-const HOP_BY_HOP: [&str; 13] = [
+const NOT_PASSED_ON: [&str; 13] = [
     "connection",
     "proxy-connection",
     "x-forwarded-for",
@@ -95,7 +95,7 @@ async fn proxy(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) ->
         .request(method, format!("http://127.0.0.1:{port}{path}"))
         .body(body);
     for (name, value) in req.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if !NOT_PASSED_ON.contains(&name.as_str()) {
             upstream = upstream.header(name.as_str(), value.as_bytes());
         }
     }
@@ -125,7 +125,7 @@ async fn proxy(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) ->
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut reply = HttpResponse::build(status);
     for (name, value) in response.headers() {
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        if NOT_PASSED_ON.contains(&name.as_str()) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

@@ -5,7 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::pg_cluster::{self, StopMode};
-use sqlx::{Connection, PgConnection};
 
 use crate::supervisor::say;
 use crate::Error;
@@ -61,24 +60,18 @@ impl Postgres {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("{}/{database}", self.server_url())
+    }
+
+    fn server_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
     }
 
     async fn create_databases(&self, databases: &[&str]) -> Result<(), Error> {
-        let mut admin = PgConnection::connect(&self.url("postgres")).await?;
+        let server = self.server_url();
         for database in databases {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                    .bind(database)
-                    .fetch_one(&mut admin)
-                    .await?;
-            if !exists {
-                sqlx::query(&format!(r#"CREATE DATABASE "{database}""#))
-                    .execute(&mut admin)
-                    .await?;
-            }
+            pg_cluster::ensure_database(&server, database).await?;
         }
-        admin.close().await?;
         Ok(())
     }
 

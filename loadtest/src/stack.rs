@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::testing::cluster;
-use sqlx::{Connection, PgConnection};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,11 +30,7 @@ impl Stack {
 
     pub async fn create_database(&self, name: &str) -> Result<String, Error> {
         let server = format!("postgres://postgres@127.0.0.1:{}", self.pg_port);
-        let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
-        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
-            .execute(&mut admin)
-            .await?;
-        Ok(format!("{server}/{name}"))
+        Ok(common::pg_cluster::ensure_database(&server, name).await?)
     }
 
     /// Starts a release binary of this workspace with `env`, logging to a file.

@@ -7,20 +7,17 @@ use std::time::Duration;
 use common::bus::{Accepted, BusClient};
 use common::config::Env;
 use common::events::Publication;
-use common::server::StopHandle;
-use common::testing::{init_test_logging, TestDatabase};
+use common::testing::{init_test_logging, RunningApp, TestDatabase};
 use serde_json::json;
-use tokio::task::JoinHandle;
 
 pub struct RunningBus {
     pub port: u16,
-    stop: StopHandle,
-    task: JoinHandle<std::io::Result<()>>,
+    app: RunningApp,
 }
 
 impl RunningBus {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.app.url.clone()
     }
 
     pub fn client(&self) -> BusClient {
@@ -29,11 +26,7 @@ impl RunningBus {
 
     /// Graceful stop, as SIGTERM: in-flight publishes finish, loops stop.
     pub async fn stop(self) {
-        self.stop.stop();
-        self.task
-            .await
-            .expect("bus task")
-            .expect("bus stopped cleanly");
+        self.app.stop().await;
     }
 }
 
@@ -80,10 +73,10 @@ pub async fn start_bus(db: &TestDatabase, options: BusOptions<'_>) -> RunningBus
     ]);
     let config = event_bus::BusConfig::from_env(&env).expect("bus config");
     let app = event_bus::build(config).await.expect("bus starts");
-    let port = app.port();
-    let stop = app.stop_handle();
-    let task = tokio::spawn(app.run_until_stopped());
-    RunningBus { port, stop, task }
+    RunningBus {
+        port: app.port(),
+        app: RunningApp::serve(app),
+    }
 }
 
 pub fn numbered(n: usize) -> Publication {
