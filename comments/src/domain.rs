@@ -1,5 +1,5 @@
-use common::error::ApiError;
 use serde::Serialize;
+use service_kit::error::ApiError;
 use uuid::Uuid;
 
 /// A comment's text: 1 to 1000 characters after trimming.
@@ -10,7 +10,7 @@ impl Content {
     pub const MAX: usize = 1000;
 
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        common::text::bounded("content", raw, Self::MAX).map(Self)
+        service_kit::text::bounded("content", raw, Self::MAX).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,7 +1,7 @@
 //! How comments reacts to events, inside the consumer cursor's transaction.
 
-use common::consumer::EventHandler;
-use common::events::{CommentModerated, CommentUpdated, Envelope, Event, Publication};
+use contract::{CommentModerated, CommentUpdated, Envelope, Event, Publication};
+use service_kit::consumer::EventHandler;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -54,7 +54,8 @@ async fn apply_moderation(
         status: moderated.status,
         version: changed.version,
     });
-    common::outbox::append(conn, &Publication::caused_by(&event, "comments", envelope)).await?;
+    service_kit::outbox::append(conn, &Publication::caused_by(&event, "comments", envelope))
+        .await?;
     tracing::info!(
         status = moderated.status.as_str(),
         version = changed.version,

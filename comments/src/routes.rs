@@ -1,11 +1,10 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use common::error::ApiError;
-use common::http::JsonBody;
-use common::outbox::OutboxWaker;
-use common::telemetry::TraceParent;
 use serde::Deserialize;
+use service_kit::error::ApiError;
+use service_kit::http::{JsonBody, RequestTrace};
+use service_kit::outbox::OutboxWaker;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -36,7 +35,7 @@ struct NewComment {
 async fn create_comment(
     state: web::Data<CommentsState>,
     path: web::Path<String>,
-    trace: TraceParent,
+    RequestTrace(trace): RequestTrace,
     JsonBody(body): JsonBody<NewComment>,
 ) -> Result<HttpResponse, ApiError> {
     let post_id = PostId::parse(&path)?;

@@ -1,8 +1,8 @@
 //! All of the comments service's SQL.
 
-use common::events::{CommentCreated, CommentStatus, Event, Publication};
-use common::outbox;
-use common::telemetry::TraceParent;
+use contract::TraceParent;
+use contract::{CommentCreated, CommentStatus, Event, Publication};
+use service_kit::outbox;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 

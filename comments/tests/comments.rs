@@ -10,17 +10,17 @@ use std::time::{Duration, Instant};
 use comments::domain::{Content, PostId};
 use comments::handlers::CommentsHandler;
 use comments::store;
-use common::bus::BusClient;
-use common::consumer::Consumer;
-use common::events::{CommentModerated, CommentStatus, Envelope, Event, PostCreated};
-use common::telemetry::TraceParent;
-use common::testing::{
+use contract::TraceParent;
+use contract::{CommentModerated, CommentStatus, Envelope, Event, PostCreated};
+use serde_json::{json, Value};
+use service_kit::bus::BusClient;
+use service_kit::consumer::Consumer;
+use sqlx::PgPool;
+use testkit::{
     assert_trace_continued, assert_written_in_one_transaction, count_rows, delivered, eventually,
     hide_outbox, init_test_logging, outbox_publications, restore_outbox, service_env,
     unreachable_bus_url, RunningApp, TestDatabase,
 };
-use serde_json::{json, Value};
-use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -29,7 +29,10 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A fresh database with the comments schema and the shared tables (outbox, cursor).
 async fn comments_db() -> TestDatabase {
     init_test_logging();
-    TestDatabase::new(&common::db::with_shared_migrations(&comments::MIGRATOR)).await
+    TestDatabase::new(&service_kit::db::with_shared_migrations(
+        &comments::MIGRATOR,
+    ))
+    .await
 }
 
 fn consumer(db: &TestDatabase) -> (Consumer<CommentsHandler>, watch::Receiver<u64>) {

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::pg_cluster::{self, StopMode};
+use harness::postgres::{self as pg_cluster, StopMode};
 
 use crate::supervisor::say;
 use crate::Error;

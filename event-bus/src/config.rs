@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use common::config::{subscribers, ConfigError, Env, ServiceConfig, Subscriber};
+use service_kit::config::{subscribers, ConfigError, Env, ServiceConfig, Subscriber};
 
 use crate::delivery::DeliverySettings;
 

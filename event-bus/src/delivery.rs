@@ -7,12 +7,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::backoff::Backoff;
-use common::config::Subscriber;
-use common::error::error_chain;
-use common::events::{cap_batch_bytes, json_array};
-use common::shutdown::ShutdownSignal;
+use contract::{cap_batch_bytes, json_array};
 use serde::Serialize;
+use service_kit::backoff::Backoff;
+use service_kit::config::Subscriber;
+use service_kit::error::error_chain;
+use service_kit::shutdown::ShutdownSignal;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -53,7 +53,7 @@ pub fn spawn_all(
     settings: &DeliverySettings,
     signal: &ShutdownSignal,
 ) -> (Vec<SharedStatus>, Vec<JoinHandle<()>>) {
-    let http = common::bus::http_client(settings.timeout);
+    let http = service_kit::bus::http_client(settings.timeout);
     subscribers
         .iter()
         .map(|subscriber| {

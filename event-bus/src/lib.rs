@@ -10,10 +10,10 @@ pub mod writer;
 use std::time::Duration;
 
 use actix_web::web;
-use common::db;
-use common::http::EventsToken;
-use common::server::{Application, Readiness, ServerSettings, StartError};
-use common::shutdown::Shutdown;
+use service_kit::db;
+use service_kit::http::EventsToken;
+use service_kit::server::{Application, Readiness, ServerSettings, StartError};
+use service_kit::shutdown::Shutdown;
 use sqlx::migrate::Migrator;
 use tokio::sync::watch;
 
@@ -47,7 +47,7 @@ pub async fn build(config: BusConfig) -> Result<Application, StartError> {
     });
     let token = EventsToken(config.service.event_bus_token.clone());
     let mut settings = ServerSettings::on_port(config.service.port);
-    settings.body_limit = common::events::EVENTS_BODY_LIMIT;
+    settings.body_limit = contract::EVENTS_BODY_LIMIT;
     Application::start(
         settings,
         Readiness::database(pool),

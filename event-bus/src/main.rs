@@ -1,6 +1,6 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    common::server::run_main(
+    service_kit::server::run_main(
         "event-bus",
         event_bus::BusConfig::from_env,
         |config| config.service.log_format,

@@ -2,12 +2,12 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use common::error::ApiError;
-use common::events::{OneOrMany, Publication};
-use common::http::{Authorized, JsonBody};
+use contract::{OneOrMany, Publication, PublishAnswer};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use service_kit::error::ApiError;
+use service_kit::http::{Authorized, JsonBody};
 use tokio::sync::watch;
 
 use crate::delivery::{SharedStatus, SubscriptionStatus};
@@ -57,7 +57,7 @@ async fn publish(
             AppendError::Database(e) => ApiError::Database(e),
             AppendError::ShuttingDown => ApiError::Unavailable(e.to_string()),
         })?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "OK", "events": accepted })))
+    Ok(HttpResponse::Ok().json(PublishAnswer::ok(accepted)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use common::bus::Accepted;
-use common::events::{Envelope, Publication};
+use contract::Accepted;
+use contract::{Envelope, Publication};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;

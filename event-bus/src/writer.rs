@@ -2,9 +2,9 @@
 //! together, so many small publishes share one transaction (and one fsync) instead of
 //! queueing on the log_head lock one by one.
 
-use common::bus::Accepted;
-use common::events::Publication;
-use common::shutdown::ShutdownSignal;
+use contract::Accepted;
+use contract::Publication;
+use service_kit::shutdown::ShutdownSignal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 

@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::testing::{eventually, RecordingSubscriber, SubscriberMode};
-use support::*;
+use testkit::bus::*;
+use testkit::{eventually, RecordingSubscriber, SubscriberMode};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-mod support;
-
-use common::testing::{eventually, RecordingSubscriber};
 use serde_json::{json, Value};
-use support::*;
+use testkit::bus::*;
+use testkit::{eventually, RecordingSubscriber};
 
 async fn post_raw(
     bus: &RunningBus,
@@ -91,7 +89,7 @@ async fn bad_input_gets_the_right_status_a_json_error_and_leaves_the_log_unchang
     bus.client().publish(&[numbered(0)]).await.unwrap();
     let too_large = format!(
         r#"{{"type":"Big","data":{{"blob":"{}"}}}}"#,
-        "x".repeat(common::events::EVENTS_BODY_LIMIT + 1)
+        "x".repeat(contract::EVENTS_BODY_LIMIT + 1)
     );
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         (
@@ -251,10 +249,10 @@ async fn with_a_token_the_bus_refuses_strangers_and_signs_its_deliveries() {
     let (status, answer) = post_raw(&bus, "application/json", r#"{"type":"A","data":{}}"#).await;
     assert_eq!(status, 401);
     assert_eq!(answer["error"]["code"], "unauthorized");
-    let wrong = common::bus::BusClient::new(&bus.url(), Some("guess".into()));
+    let wrong = service_kit::bus::BusClient::new(&bus.url(), Some("guess".into()));
     assert!(wrong.publish(&[numbered(0)]).await.is_err());
     assert!(wrong.events_after(0, 10).await.is_err());
-    let right = common::bus::BusClient::new(&bus.url(), Some("s3cret".into()));
+    let right = service_kit::bus::BusClient::new(&bus.url(), Some("s3cret".into()));
     right.publish(&[numbered(1)]).await.unwrap();
     assert_eq!(right.events_after(0, 10).await.unwrap().len(), 1);
     eventually(std::time::Duration::from_secs(10), "delivery", || async {

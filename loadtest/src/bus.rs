@@ -90,7 +90,7 @@ pub async fn run() -> Result<(), Error> {
         .map(|(i, s)| format!("sink{i}=http://127.0.0.1:{}/events", s.port))
         .collect::<Vec<_>>()
         .join(",");
-    let port = common::testing::cluster::free_port()?;
+    let port = testkit::cluster::free_port()?;
     stack.spawn(
         "event-bus",
         &[

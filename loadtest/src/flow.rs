@@ -155,7 +155,7 @@ impl Microblog {
         let mut urls = HashMap::new();
         let mut ports = HashMap::new();
         for (service, _) in SERVICES {
-            let port = common::testing::cluster::free_port()?;
+            let port = testkit::cluster::free_port()?;
             ports.insert(service, port);
             urls.insert(service, format!("http://127.0.0.1:{port}"));
         }

@@ -36,7 +36,7 @@ fn events_of_post(n: usize) -> Vec<Value> {
 
 pub async fn run() -> Result<(), Error> {
     let mut stack = Stack::start()?;
-    let bus_port = common::pg_cluster::free_port()?;
+    let bus_port = harness::postgres::free_port()?;
     let bus = format!("http://127.0.0.1:{bus_port}");
     stack.spawn(
         "event-bus",
@@ -60,7 +60,7 @@ pub async fn run() -> Result<(), Error> {
         }
     }
     let events = POSTS * 5;
-    let query_port = common::pg_cluster::free_port()?;
+    let query_port = harness::postgres::free_port()?;
     let query = format!("http://127.0.0.1:{query_port}");
     let database_url = stack.create_database("query").await?;
     let started = Instant::now();

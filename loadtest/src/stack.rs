@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::testing::cluster;
+use testkit::cluster;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,7 +30,7 @@ impl Stack {
 
     pub async fn create_database(&self, name: &str) -> Result<String, Error> {
         let server = format!("postgres://postgres@127.0.0.1:{}", self.pg_port);
-        Ok(common::pg_cluster::ensure_database(&server, name).await?)
+        Ok(harness::postgres::ensure_database(&server, name).await?)
     }
 
     /// Starts a release binary of this workspace with `env`, logging to a file.

@@ -1,4 +1,4 @@
-use common::events::CommentStatus;
+use contract::CommentStatus;
 
 /// Words that get a comment rejected, matched case-insensitively anywhere in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

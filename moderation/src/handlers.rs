@@ -1,7 +1,7 @@
 //! How moderation reacts to events, inside the consumer cursor's transaction.
 
-use common::consumer::EventHandler;
-use common::events::{CommentCreated, CommentModerated, Envelope, Event, Publication};
+use contract::{CommentCreated, CommentModerated, Envelope, Event, Publication};
+use service_kit::consumer::EventHandler;
 use sqlx::PgConnection;
 
 use crate::domain::Blocklist;
@@ -44,7 +44,7 @@ impl Moderator {
             content: comment.content,
             status,
         });
-        common::outbox::append(
+        service_kit::outbox::append(
             conn,
             &Publication::caused_by(&event, "moderation", envelope),
         )

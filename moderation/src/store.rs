@@ -1,6 +1,6 @@
 //! All of the moderation service's SQL.
 
-use common::events::CommentStatus;
+use contract::CommentStatus;
 use sqlx::PgConnection;
 
 /// Records the decision unless one exists; true if this call made it.

@@ -4,25 +4,28 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use common::bus::BusClient;
-use common::config::Env;
-use common::consumer::Consumer;
-use common::events::{CommentCreated, CommentStatus, Envelope, Event};
-use common::testing::{
-    assert_trace_continued, assert_written_in_one_transaction, delivered, hide_outbox,
-    init_test_logging, outbox_publications, restore_outbox, service_env_with, unreachable_bus_url,
-    RunningApp, TestDatabase,
-};
+use contract::{CommentCreated, CommentStatus, Envelope, Event};
 use moderation::domain::Blocklist;
 use moderation::handlers::Moderator;
 use moderation::store;
 use serde_json::{json, Value};
+use service_kit::bus::BusClient;
+use service_kit::config::Env;
+use service_kit::consumer::Consumer;
 use sqlx::PgPool;
+use testkit::{
+    assert_trace_continued, assert_written_in_one_transaction, delivered, hide_outbox,
+    init_test_logging, outbox_publications, restore_outbox, service_env_with, unreachable_bus_url,
+    RunningApp, TestDatabase,
+};
 
 /// A fresh database with the moderation schema and the shared tables (outbox, cursor).
 async fn moderation_db() -> TestDatabase {
     init_test_logging();
-    TestDatabase::new(&common::db::with_shared_migrations(&moderation::MIGRATOR)).await
+    TestDatabase::new(&service_kit::db::with_shared_migrations(
+        &moderation::MIGRATOR,
+    ))
+    .await
 }
 
 /// A consumer with the course's blocklist; the batches these tests deliver are gap-free,

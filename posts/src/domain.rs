@@ -1,5 +1,5 @@
-use common::error::ApiError;
 use serde::Serialize;
+use service_kit::error::ApiError;
 use uuid::Uuid;
 
 /// A post title: 1 to 200 characters after trimming.
@@ -10,7 +10,7 @@ impl Title {
     pub const MAX: usize = 200;
 
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        common::text::bounded("title", raw, Self::MAX).map(Self)
+        service_kit::text::bounded("title", raw, Self::MAX).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -5,9 +5,9 @@ pub mod routes;
 pub mod store;
 
 use actix_web::web;
-use common::config::{BusUserConfig, ConfigError, Env};
-use common::server::{Application, StartError};
-use common::startup::Startup;
+use service_kit::config::{BusUserConfig, ConfigError, Env};
+use service_kit::server::{Application, StartError};
+use service_kit::startup::Startup;
 use sqlx::migrate::Migrator;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!();

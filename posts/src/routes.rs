@@ -1,9 +1,8 @@
 use actix_web::{web, HttpResponse};
-use common::error::ApiError;
-use common::http::JsonBody;
-use common::outbox::OutboxWaker;
-use common::telemetry::TraceParent;
 use serde::Deserialize;
+use service_kit::error::ApiError;
+use service_kit::http::{JsonBody, RequestTrace};
+use service_kit::outbox::OutboxWaker;
 use sqlx::PgPool;
 
 use crate::domain::Title;
@@ -28,7 +27,7 @@ struct NewPost {
 #[tracing::instrument(skip_all, fields(post_id))]
 async fn create_post(
     state: web::Data<PostsState>,
-    trace: TraceParent,
+    RequestTrace(trace): RequestTrace,
     JsonBody(body): JsonBody<NewPost>,
 ) -> Result<HttpResponse, ApiError> {
     let title = Title::parse(&body.title)?;

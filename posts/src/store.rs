@@ -1,8 +1,8 @@
 //! All of the posts service's SQL.
 
-use common::events::{Event, PostCreated, Publication};
-use common::outbox;
-use common::telemetry::TraceParent;
+use contract::TraceParent;
+use contract::{Event, PostCreated, Publication};
+use service_kit::outbox;
 use sqlx::PgPool;
 use uuid::Uuid;
 

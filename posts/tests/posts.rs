@@ -4,21 +4,21 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use common::telemetry::TraceParent;
-use common::testing::{
+use contract::TraceParent;
+use posts::domain::Title;
+use posts::store;
+use serde_json::{json, Value};
+use testkit::{
     assert_written_in_one_transaction, count_rows, hide_outbox, init_test_logging,
     outbox_publications, restore_outbox, service_env, unreachable_bus_url, RunningApp,
     TestDatabase,
 };
-use posts::domain::Title;
-use posts::store;
-use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A fresh database with the posts schema and the shared tables (outbox).
 async fn posts_db() -> TestDatabase {
     init_test_logging();
-    TestDatabase::new(&common::db::with_shared_migrations(&posts::MIGRATOR)).await
+    TestDatabase::new(&service_kit::db::with_shared_migrations(&posts::MIGRATOR)).await
 }
 
 #[tokio::test]

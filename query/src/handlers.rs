@@ -3,9 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use common::consumer::EventHandler;
-use common::events::{Envelope, Event};
+use contract::{Envelope, Event};
 use serde_json::json;
+use service_kit::consumer::EventHandler;
 use sqlx::PgConnection;
 use tokio::sync::broadcast;
 

@@ -7,10 +7,10 @@ pub mod routes;
 pub mod store;
 
 use actix_web::web;
-use common::config::{BusUserConfig, ConfigError, Env};
-use common::consumer::{self, Consumer};
-use common::server::{Application, StartError};
-use common::startup::Startup;
+use service_kit::config::{BusUserConfig, ConfigError, Env};
+use service_kit::consumer::{self, Consumer};
+use service_kit::server::{Application, StartError};
+use service_kit::startup::Startup;
 use sqlx::migrate::Migrator;
 use tokio::sync::broadcast;
 

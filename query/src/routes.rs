@@ -3,9 +3,9 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use common::error::ApiError;
-use common::shutdown::ShutdownSignal;
 use serde::Deserialize;
+use service_kit::error::ApiError;
+use service_kit::shutdown::ShutdownSignal;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 

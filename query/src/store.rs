@@ -1,7 +1,7 @@
 //! All of the query service's SQL. The view's JSON is built by PostgreSQL in one
 //! statement, in the course's shape.
 
-use common::events::{CommentCreated, CommentUpdated, PostCreated};
+use contract::{CommentCreated, CommentUpdated, PostCreated};
 use sqlx::{PgConnection, PgPool};
 
 pub async fn add_post(conn: &mut PgConnection, post: &PostCreated) -> Result<bool, sqlx::Error> {

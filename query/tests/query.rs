@@ -10,18 +10,18 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use common::bus::BusClient;
-use common::consumer::Consumer;
-use common::events::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
-use common::testing::{
-    eventually, init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase,
-};
+use contract::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
 use query::cache::ViewCache;
 use query::handlers::ViewHandler;
 use query::store;
 use serde_json::{json, Value};
+use service_kit::bus::BusClient;
+use service_kit::consumer::Consumer;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
+use testkit::{
+    eventually, init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase,
+};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -30,7 +30,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A fresh database with the view's schema and the shared tables (consumer cursor).
 async fn query_db() -> TestDatabase {
     init_test_logging();
-    TestDatabase::new(&common::db::with_shared_migrations(&query::MIGRATOR)).await
+    TestDatabase::new(&service_kit::db::with_shared_migrations(&query::MIGRATOR)).await
 }
 
 async fn conn(db: &TestDatabase) -> PoolConnection<Postgres> {

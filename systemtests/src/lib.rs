@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::testing::{cluster::free_port, eventually, TestDatabase};
 use serde_json::{json, Value};
 use sqlx::migrate::Migrator;
+use testkit::{cluster::free_port, eventually, TestDatabase};
 
 pub const SERVICES: [&str; 5] = ["event-bus", "posts", "comments", "moderation", "query"];
 
@@ -37,7 +37,7 @@ fn binary(name: &str) -> PathBuf {
 
 impl Stack {
     pub async fn start() -> Self {
-        common::testing::init_test_logging();
+        testkit::init_test_logging();
         let empty = Migrator::DEFAULT;
         let mut databases = HashMap::new();
         let mut ports = HashMap::new();

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use common::testing::eventually;
 use serde_json::{json, Value};
 use systemtests::{
     comment_status, create_comment, create_post, get_json, http, open_live_stream, view, Stack,
 };
+use testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -7,11 +7,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::testing::eventually;
 use serde_json::Value;
 use systemtests::{
     comment_status, create_comment, create_post, http, open_live_stream, view, Stack,
 };
+use testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
 

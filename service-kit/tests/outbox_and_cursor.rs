@@ -4,25 +4,23 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::consumer::{Consumer, EventHandler};
-use common::events::{Envelope, Event, PostCreated, Publication};
-use common::outbox::{self, OutboxRelay};
-use common::server::{Application, Readiness, ServerSettings};
-use common::shutdown::Shutdown;
-use common::testing::{eventually, TestDatabase};
+use contract::{Envelope, Event, PostCreated, Publication};
+use service_kit::consumer::{Consumer, EventHandler};
+use service_kit::outbox::{self, OutboxRelay};
+use service_kit::server::{Application, Readiness, ServerSettings};
+use service_kit::shutdown::Shutdown;
 use sqlx::{PgConnection, PgPool};
-use support::*;
+use testkit::bus::*;
+use testkit::{eventually, TestDatabase};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A service database: the shared tables plus a table that records what was applied.
 async fn service_db() -> TestDatabase {
-    let db = TestDatabase::new(&common::db::SHARED_MIGRATIONS).await;
+    let db = TestDatabase::new(&service_kit::db::SHARED_MIGRATIONS).await;
     sqlx::query("CREATE TABLE applied (position BIGSERIAL PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, title TEXT NOT NULL)")
         .execute(&db.pool)
         .await
@@ -89,7 +87,7 @@ async fn outbox_rows_written_while_the_bus_is_down_are_published_in_order_once_i
         .local_addr()
         .unwrap()
         .port();
-    let client = common::bus::BusClient::new(&format!("http://127.0.0.1:{port}"), None);
+    let client = service_kit::bus::BusClient::new(&format!("http://127.0.0.1:{port}"), None);
     let publications: Vec<_> = (0..120).map(post).collect();
     for publication in &publications {
         let mut tx = producer.pool.begin().await.unwrap();
@@ -103,7 +101,7 @@ async fn outbox_rows_written_while_the_bus_is_down_are_published_in_order_once_i
     // The bus is down: the relay fails, keeps the rows, and retries.
     let no_bus = OutboxRelay::new(
         producer.pool.clone(),
-        common::bus::BusClient::new(&format!("http://127.0.0.1:{port}"), None),
+        service_kit::bus::BusClient::new(&format!("http://127.0.0.1:{port}"), None),
     );
     assert!(no_bus.publish_batch().await.is_err());
     assert_eq!(OutboxRelay::pending(&producer.pool).await.unwrap(), 120);
@@ -244,13 +242,18 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
         RecordPosts,
     ));
     let shutdown = Shutdown::new();
-    let catch_up =
-        common::consumer::spawn_catch_up(consumer.clone(), readiness.clone(), shutdown.signal());
+    let catch_up = service_kit::consumer::spawn_catch_up(
+        consumer.clone(),
+        readiness.clone(),
+        shutdown.signal(),
+    );
     let data = actix_web::web::Data::from(consumer.clone());
     let app = Application::start(
         ServerSettings::on_port(0),
         readiness.clone(),
-        move |cfg: &mut actix_web::web::ServiceConfig| common::consumer::routes(cfg, data.clone()),
+        move |cfg: &mut actix_web::web::ServiceConfig| {
+            service_kit::consumer::routes(cfg, data.clone())
+        },
         shutdown,
         vec![catch_up],
     )

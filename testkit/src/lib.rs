@@ -1,8 +1,9 @@
-//! Test support (feature `test-support`): a fresh database per test on a throwaway
+//! Test support: a fresh database per test on a throwaway
 //! cluster, a service app served on port 0, a recording subscriber, waiting on conditions
 //! with deadlines, and the checks every service's tests make of what it wrote.
 
 mod app;
+pub mod bus;
 pub mod cluster;
 mod subscriber;
 
@@ -15,8 +16,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::events::{Envelope, Event};
-use crate::telemetry::TraceParent;
+use contract::TraceParent;
+use contract::{Envelope, Event};
 
 pub use app::{service_env, service_env_with, unreachable_bus_url, RunningApp};
 pub use cluster::pg_binary;

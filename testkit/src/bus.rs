@@ -1,14 +1,13 @@
 //! Starting the real bus app on port 0 against a fresh database, and publishing to it.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 use std::time::Duration;
 
-use common::bus::{Accepted, BusClient};
-use common::config::Env;
-use common::events::Publication;
-use common::testing::{init_test_logging, RunningApp, TestDatabase};
+use crate::{init_test_logging, RunningApp, TestDatabase};
+use contract::Accepted;
+use contract::Publication;
 use serde_json::json;
+use service_kit::bus::BusClient;
+use service_kit::config::Env;
 
 pub struct RunningBus {
     pub port: u16,

@@ -1,27 +1,5 @@
-//! Logging: JSON lines in Kubernetes (greppable with `kubectl logs`), pretty locally.
-//! Trace ids travel across services in the envelope's W3C `traceparent`.
-
-use crate::config::LogFormat;
-use tracing_subscriber::EnvFilter;
-
-/// Installs the global subscriber. `RUST_LOG` filters; the default is `info`.
-/// Calling it twice (tests) is harmless.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,actix_server=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
-    };
-}
+//! The W3C trace context every event carries in its `traceparent`, so one trace id
+//! follows a change from the request that caused it through every service it reaches.
 
 /// A W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

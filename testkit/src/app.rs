@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::cluster::free_port;
 use super::TestDatabase;
-use crate::config::{ConfigError, Env};
-use crate::events::Envelope;
-use crate::server::{Application, StartError, StopHandle};
+use contract::Envelope;
+use harness::postgres::free_port;
+use service_kit::config::{ConfigError, Env};
+use service_kit::server::{Application, StartError, StopHandle};
 
 /// A request that hangs must fail the test with a reason, not hang it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,9 +68,9 @@ impl RunningApp {
         Fut: Future<Output = Result<Application, StartError>>,
     {
         let config = read_config(env).unwrap_or_else(|error| panic!("configuration: {error}"));
-        let app = build(config)
-            .await
-            .unwrap_or_else(|error| panic!("start-up: {}", crate::error::error_chain(&error)));
+        let app = build(config).await.unwrap_or_else(|error| {
+            panic!("start-up: {}", service_kit::error::error_chain(&error))
+        });
         Self::serve(app)
     }
 

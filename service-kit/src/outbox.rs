@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::error_chain;
-use crate::events::{cap_batch_bytes, json_array, Publication};
 use crate::shutdown::ShutdownSignal;
+use contract::{cap_batch_bytes, json_array, Publication};
 
 /// Rows a relay publishes in one request.
 const BATCH: i64 = 500;

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::telemetry::TraceParent;
+use contract::TraceParent;
 
 /// The largest request body a service accepts, as app data; 64 KiB unless set.
 #[derive(Debug, Clone, Copy)]
@@ -112,13 +112,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The trace context of the current request (from its `traceparent` header, or a new
 /// trace), which handlers pass on in the events they emit.
-impl FromRequest for TraceParent {
+#[derive(Debug, Clone)]
+pub struct RequestTrace(pub TraceParent);
+
+impl FromRequest for RequestTrace {
     type Error = actix_web::Error;
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let trace = req.extensions().get::<TraceParent>().cloned();
-        ready(Ok(trace.unwrap_or_else(TraceParent::new_root)))
+        ready(Ok(Self(trace.unwrap_or_else(TraceParent::new_root))))
     }
 }
 

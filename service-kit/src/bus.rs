@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::events::Envelope;
+use contract::{Accepted, Envelope, PublishAnswer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -15,20 +13,6 @@ pub enum BusError {
     Status { status: u16, body: String },
     #[error("event bus sent an unreadable answer: {0}")]
     Decode(#[from] serde_json::Error),
-}
-
-/// The bus's answer for each published event: its place in the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Accepted {
-    pub id: uuid::Uuid,
-    pub seq: i64,
-    /// True when the id was already in the log (an idempotent re-publish).
-    pub duplicate: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct PublishAnswer {
-    events: Vec<Accepted>,
 }
 
 /// An HTTP client tuned for service-to-service calls on a cluster network.
@@ -81,7 +65,7 @@ impl BusClient {
 
     pub async fn publish(
         &self,
-        publications: &[crate::events::Publication],
+        publications: &[contract::Publication],
     ) -> Result<Vec<Accepted>, BusError> {
         self.publish_json_array(serde_json::to_string(publications)?)
             .await

@@ -13,8 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-pub use crate::pg_cluster::{free_port, init_and_start, pg_binary};
-use crate::pg_cluster::{pg_command_line, StopMode};
+pub use harness::postgres::{free_port, init_and_start, pg_binary};
+use harness::postgres::{pg_command_line, StopMode};
 use std::sync::OnceLock;
 
 static HELD: OnceLock<File> = OnceLock::new();
@@ -115,5 +115,5 @@ done"#
 
 /// Stops the cluster in `data` at once (its contents are about to be deleted).
 pub fn stop(data: &Path) -> io::Result<()> {
-    crate::pg_cluster::stop(data, StopMode::Immediate)
+    harness::postgres::stop(data, StopMode::Immediate)
 }

@@ -17,11 +17,11 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::{error_chain, ApiError};
-use crate::events::{Decoded, Envelope, Event, OneOrMany, EVENTS_BODY_LIMIT};
 use crate::http::{Authorized, BodyLimit, JsonBody};
 use crate::outbox::OutboxWaker;
 use crate::server::Readiness;
 use crate::shutdown::ShutdownSignal;
+use contract::{Decoded, Envelope, Event, OneOrMany, EVENTS_BODY_LIMIT};
 
 /// How a service reacts to the events it cares about. `apply` runs inside the cursor's
 /// transaction: whatever it writes (including outbox rows) commits with the cursor.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use crate::events::{Envelope, OneOrMany};
+use contract::{Envelope, OneOrMany};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriberMode {

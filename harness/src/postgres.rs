@@ -1,6 +1,6 @@
 //! A PostgreSQL cluster run from the machine's own binaries: found on PATH or in
 //! Debian's versioned directory, run as the `postgres` user when we are root (PostgreSQL
-//! refuses root). The test harness, the load tool and the local runner all use it.
+//! refuses root). The test kit, the load tool and the local runner all use it.
 
 use std::fs;
 use std::io;
@@ -173,8 +173,7 @@ fn pg_command(name: &str) -> io::Result<Command> {
     })
 }
 
-#[cfg(feature = "test-support")]
-pub(crate) fn pg_command_line(name: &str) -> io::Result<String> {
+pub fn pg_command_line(name: &str) -> io::Result<String> {
     let binary = path_str(&pg_binary(name)?);
     Ok(if is_root() {
         format!("runuser -u postgres -- {binary}")

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use common::events::*;
+use contract::*;
 use serde_json::json;
 
 fn round_trip(event: Event, expected: serde_json::Value) {

@@ -1,0 +1,17 @@
+//! The event contract of the microblog: the typed events, the envelope the bus stores
+//! and delivers, the bus's answer to a publish, batch limits and the trace context.
+//! Plain data and JSON only — no web framework, no database — so anything can depend
+//! on it: every service, the bus, the tests and the load tool.
+
+mod batch;
+mod events;
+mod published;
+mod trace;
+
+pub use batch::{cap_batch_bytes, json_array, OneOrMany, BATCH_BYTES, EVENTS_BODY_LIMIT};
+pub use events::{
+    CommentCreated, CommentModerated, CommentStatus, CommentUpdated, Decoded, Envelope, Event,
+    PostCreated, Publication,
+};
+pub use published::{Accepted, PublishAnswer};
+pub use trace::TraceParent;
