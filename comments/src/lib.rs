@@ -2,13 +2,13 @@
 //! versioned `CommentUpdated` events.
 
 pub mod domain;
-pub mod handlers;
+pub mod reactions;
 pub mod routes;
 pub mod store;
 
 use actix_web::web;
 use service_kit::config::{BusUserConfig, ConfigError, Env};
-use service_kit::consumer::{self, Consumer};
+use service_kit::consumer::Consumer;
 use service_kit::server::{Application, StartError};
 use service_kit::startup::Startup;
 use sqlx::migrate::Migrator;
@@ -25,7 +25,7 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let mut startup = Startup::connect(config, &MIGRATOR).await?;
     let outbox = startup.start_outbox_relay();
     let (posts_learned, learned) = watch::channel(0);
-    let handler = handlers::CommentsHandler { posts_learned };
+    let handler = reactions::CommentsHandler { posts_learned };
     let consumer = startup.start_consumer(
         Consumer::new(startup.pool.clone(), startup.bus.clone(), handler).waking(outbox.clone()),
     );
@@ -35,7 +35,7 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
         posts_learned: learned,
     });
     startup.serve(move |cfg: &mut web::ServiceConfig| {
-        consumer::routes(cfg, consumer.clone());
+        consumer.register(cfg);
         cfg.app_data(state.clone()).configure(routes::routes);
     })
 }

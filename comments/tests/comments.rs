@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use comments::domain::{Content, PostId};
-use comments::handlers::CommentsHandler;
+use comments::reactions::CommentsHandler;
 use comments::store;
 use contract::TraceParent;
 use contract::{CommentModerated, CommentStatus, Envelope, Event, PostCreated};

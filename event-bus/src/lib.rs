@@ -7,11 +7,9 @@ pub mod routes;
 pub mod store;
 pub mod writer;
 
-use std::time::Duration;
-
 use actix_web::web;
 use service_kit::db;
-use service_kit::http::EventsToken;
+use service_kit::http::EventsAuth;
 use service_kit::server::{Application, Readiness, ServerSettings, StartError};
 use service_kit::shutdown::Shutdown;
 use sqlx::migrate::Migrator;
@@ -25,8 +23,8 @@ use writer::LogWriter;
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 pub async fn build(config: BusConfig) -> Result<Application, StartError> {
-    let pool = db::connect(&config.service.database_url, 16, Duration::from_secs(60)).await?;
-    db::migrate(&pool, &MIGRATOR).await?;
+    let pool = db::open(&config.service.database_url, &MIGRATOR).await?;
+    service_kit::startup::warn_if_open(&config.service);
     let store = Store::new(pool.clone());
     let (head_tx, head) = watch::channel(store.head().await?);
     let shutdown = Shutdown::new();
@@ -45,7 +43,7 @@ pub async fn build(config: BusConfig) -> Result<Application, StartError> {
         head,
         subscriptions,
     });
-    let token = EventsToken(config.service.event_bus_token.clone());
+    let auth = EventsAuth::from_token(config.service.event_bus_token.as_deref());
     let mut settings = ServerSettings::on_port(config.service.port);
     settings.body_limit = contract::EVENTS_BODY_LIMIT;
     Application::start(
@@ -53,7 +51,7 @@ pub async fn build(config: BusConfig) -> Result<Application, StartError> {
         Readiness::database(pool),
         move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(state.clone())
-                .app_data(token.clone())
+                .app_data(auth.clone())
                 .configure(routes::routes);
         },
         shutdown,

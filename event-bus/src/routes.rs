@@ -123,7 +123,7 @@ fn log_stream(
                 // The response is already under way: ending it early leaves invalid JSON,
                 // which a reader detects, rather than a silently short log.
                 cursor.finished = true;
-                return Some((Err(ApiError::Database(error)), cursor));
+                return Some((Err(ApiError::from(error)), cursor));
             }
         };
         let mut chunk =

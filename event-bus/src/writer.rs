@@ -2,6 +2,8 @@
 //! together, so many small publishes share one transaction (and one fsync) instead of
 //! queueing on the log_head lock one by one.
 
+use std::sync::Arc;
+
 use contract::Accepted;
 use contract::Publication;
 use service_kit::shutdown::ShutdownSignal;
@@ -16,8 +18,9 @@ const GROUP_LIMIT: usize = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
+    /// Shared by every publish of the failed group commit, each answered with the cause.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(Arc<sqlx::Error>),
     #[error("the event bus is shutting down")]
     ShuttingDown,
 }
@@ -126,11 +129,9 @@ async fn commit_group(
         }
         Err(error) => {
             tracing::error!(%error, events = total, "appending to the log failed");
-            let message = error.to_string();
+            let error = Arc::new(error);
             for reply in replies {
-                let _ = reply.send(Err(AppendError::Database(sqlx::Error::Protocol(
-                    message.clone(),
-                ))));
+                let _ = reply.send(Err(AppendError::Database(error.clone())));
             }
         }
     }

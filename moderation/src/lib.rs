@@ -2,18 +2,18 @@
 //! announces it with `CommentModerated`.
 
 pub mod domain;
-pub mod handlers;
+pub mod reactions;
 pub mod store;
 
 use actix_web::web;
 use service_kit::config::{BusUserConfig, ConfigError, Env};
-use service_kit::consumer::{self, Consumer};
+use service_kit::consumer::Consumer;
 use service_kit::server::{Application, StartError};
 use service_kit::startup::Startup;
 use sqlx::migrate::Migrator;
 
 use domain::Blocklist;
-use handlers::Moderator;
+use reactions::Moderator;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 pub const DEFAULT_PORT: u16 = 4003;
@@ -42,5 +42,5 @@ pub async fn build(config: ModerationConfig) -> Result<Application, StartError> 
     let consumer = startup.start_consumer(
         Consumer::new(startup.pool.clone(), startup.bus.clone(), moderator).waking(outbox),
     );
-    startup.serve(move |cfg: &mut web::ServiceConfig| consumer::routes(cfg, consumer.clone()))
+    startup.serve(move |cfg: &mut web::ServiceConfig| consumer.register(cfg))
 }

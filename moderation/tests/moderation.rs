@@ -6,7 +6,7 @@
 
 use contract::{CommentCreated, CommentStatus, Envelope, Event};
 use moderation::domain::Blocklist;
-use moderation::handlers::Moderator;
+use moderation::reactions::Moderator;
 use moderation::store;
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;

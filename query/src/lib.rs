@@ -2,13 +2,13 @@
 //! course's shape, pushed live over Server-Sent Events, rebuildable from the log.
 
 pub mod cache;
-pub mod handlers;
+pub mod reactions;
 pub mod routes;
 pub mod store;
 
 use actix_web::web;
 use service_kit::config::{BusUserConfig, ConfigError, Env};
-use service_kit::consumer::{self, Consumer};
+use service_kit::consumer::Consumer;
 use service_kit::server::{Application, StartError};
 use service_kit::startup::Startup;
 use sqlx::migrate::Migrator;
@@ -25,7 +25,7 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let mut startup = Startup::connect(config, &MIGRATOR).await?;
     let (changes, _) = broadcast::channel(4096);
     let cache = std::sync::Arc::new(cache::ViewCache::default());
-    let handler = handlers::ViewHandler::new(changes.clone(), cache.clone());
+    let handler = reactions::ViewHandler::new(changes.clone(), cache.clone());
     let consumer = startup.start_consumer(Consumer::new(
         startup.pool.clone(),
         startup.bus.clone(),
@@ -38,7 +38,7 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
         shutdown: startup.shutdown_signal(),
     });
     startup.serve(move |cfg: &mut web::ServiceConfig| {
-        consumer::routes(cfg, consumer.clone());
+        consumer.register(cfg);
         cfg.app_data(state.clone()).configure(routes::routes);
     })
 }

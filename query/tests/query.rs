@@ -12,7 +12,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use contract::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
 use query::cache::ViewCache;
-use query::handlers::ViewHandler;
+use query::reactions::ViewHandler;
 use query::store;
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;

@@ -17,15 +17,16 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::{error_chain, ApiError};
-use crate::http::{Authorized, BodyLimit, JsonBody};
+use crate::http::{Authorized, BodyLimit, EventsAuth, JsonBody};
 use crate::outbox::OutboxWaker;
 use crate::server::Readiness;
 use crate::shutdown::ShutdownSignal;
 use contract::{Decoded, Envelope, Event, OneOrMany, EVENTS_BODY_LIMIT};
 
-/// How a service reacts to the events it cares about. `apply` runs inside the cursor's
-/// transaction: whatever it writes (including outbox rows) commits with the cursor.
-pub trait EventHandler: Send + Sync + 'static {
+/// How a service reacts to the events it cares about (its `reactions` module). `apply`
+/// runs inside the cursor's transaction: whatever it writes (including outbox rows)
+/// commits with the cursor.
+pub trait Reactions: Send + Sync + 'static {
     fn apply(
         &self,
         conn: &mut PgConnection,
@@ -54,7 +55,7 @@ pub enum ConsumerError {
 impl From<ConsumerError> for ApiError {
     fn from(error: ConsumerError) -> Self {
         match error {
-            ConsumerError::Database(e) => ApiError::Database(e),
+            ConsumerError::Database(e) => ApiError::from(e),
             other => ApiError::Unavailable(error_chain(&other)),
         }
     }
@@ -80,7 +81,7 @@ pub struct Consumer<H> {
     apply_lock: Mutex<()>,
 }
 
-impl<H: EventHandler> Consumer<H> {
+impl<H: Reactions> Consumer<H> {
     pub fn new(pool: PgPool, bus: BusClient, handler: H) -> Self {
         Self {
             pool,
@@ -250,7 +251,7 @@ impl<H: EventHandler> Consumer<H> {
 
 /// Catches up with the bus (retrying while it is unreachable), then marks the service
 /// ready: a consumer never serves a view older than the log it could have read.
-pub fn spawn_catch_up<H: EventHandler>(
+pub fn spawn_catch_up<H: Reactions>(
     consumer: Arc<Consumer<H>>,
     readiness: Readiness,
     mut signal: ShutdownSignal,
@@ -276,17 +277,43 @@ pub fn spawn_catch_up<H: EventHandler>(
     })
 }
 
-/// Registers `POST /events`, where the bus delivers batches to this consumer.
-pub fn routes<H: EventHandler>(cfg: &mut web::ServiceConfig, consumer: web::Data<Consumer<H>>) {
-    cfg.app_data(consumer).service(
-        web::resource("/events")
-            // A delivery is a batch of events, each of which the bus accepted.
-            .app_data(BodyLimit(EVENTS_BODY_LIMIT))
-            .route(web::post().to(receive::<H>)),
-    );
+/// `POST /events`, where the bus delivers batches to this consumer, together with who
+/// may deliver: the two cannot be registered apart.
+pub struct ConsumerRoutes<H> {
+    consumer: web::Data<Consumer<H>>,
+    auth: EventsAuth,
 }
 
-async fn receive<H: EventHandler>(
+impl<H> Clone for ConsumerRoutes<H> {
+    fn clone(&self) -> Self {
+        Self {
+            consumer: self.consumer.clone(),
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+impl<H: Reactions> ConsumerRoutes<H> {
+    pub fn new(consumer: Arc<Consumer<H>>, auth: EventsAuth) -> Self {
+        Self {
+            consumer: web::Data::from(consumer),
+            auth,
+        }
+    }
+
+    pub fn register(&self, cfg: &mut web::ServiceConfig) {
+        cfg.service(
+            web::resource("/events")
+                .app_data(self.consumer.clone())
+                .app_data(self.auth.clone())
+                // A delivery is a batch of events, each of which the bus accepted.
+                .app_data(BodyLimit(EVENTS_BODY_LIMIT))
+                .route(web::post().to(receive::<H>)),
+        );
+    }
+}
+
+async fn receive<H: Reactions>(
     _auth: Authorized,
     consumer: web::Data<Consumer<H>>,
     JsonBody(OneOrMany(batch)): JsonBody<OneOrMany<Envelope>>,

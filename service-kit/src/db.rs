@@ -8,6 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::backoff::Backoff;
+use crate::server::StartError;
 
 /// The shared crate's own tables (outbox, consumer cursor). Their versions are below 100;
 /// a service's own migrations start at 100.
@@ -33,12 +34,21 @@ pub fn with_shared_migrations(service: &Migrator) -> Migrator {
     }
 }
 
+/// Connections per service process: enough for its handlers and background tasks.
+const MAX_CONNECTIONS: u32 = 16;
+/// How long start-up waits for a database that is still starting.
+const WAIT_FOR_DATABASE: Duration = Duration::from_secs(60);
+
+/// The start of every service, the bus included: connect (waiting for a database that is
+/// still starting) and bring the schema up to date.
+pub async fn open(url: &str, migrator: &Migrator) -> Result<PgPool, StartError> {
+    let pool = connect(url, MAX_CONNECTIONS, WAIT_FOR_DATABASE).await?;
+    migrate(&pool, migrator).await?;
+    Ok(pool)
+}
+
 /// Connects, retrying for up to `wait` while the database is unreachable.
-pub async fn connect(
-    url: &str,
-    max_connections: u32,
-    wait: Duration,
-) -> Result<PgPool, sqlx::Error> {
+async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
     let deadline = Instant::now() + wait;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -61,9 +71,6 @@ pub async fn connect(
 }
 
 /// Runs migrations; sqlx takes an advisory lock, so replicas starting together are safe.
-pub async fn migrate(
-    pool: &PgPool,
-    migrator: &Migrator,
-) -> Result<(), sqlx::migrate::MigrateError> {
+async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run(pool).await
 }

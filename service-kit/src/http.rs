@@ -85,11 +85,8 @@ fn is_json_content_type(req: &HttpRequest) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Checks `Authorization: Bearer <token>` when a token is configured.
-pub fn require_bearer(req: &HttpRequest, expected: Option<&str>) -> Result<(), ApiError> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
+/// Checks `Authorization: Bearer <expected>`.
+fn require_bearer(req: &HttpRequest, expected: &str) -> Result<(), ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -185,13 +182,28 @@ async fn readyz(
     Ok(actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
 }
 
-/// The shared secret for `/events` traffic (`EVENT_BUS_TOKEN`), as app data; `None`
-/// accepts everything (local runs).
-#[derive(Debug, Clone, Default)]
-pub struct EventsToken(pub Option<String>);
+/// Who may use `/events`: the holder of the shared secret (`EVENT_BUS_TOKEN`), or —
+/// only when it is configured so, as in local runs and tests — anyone. Registered as app
+/// data next to every `/events` route; a route registered without it refuses everything.
+#[derive(Debug, Clone)]
+pub enum EventsAuth {
+    Token(String),
+    Open,
+}
+
+impl EventsAuth {
+    /// From the configured token: none configured is the explicit open mode.
+    pub fn from_token(token: Option<&str>) -> Self {
+        match token {
+            Some(token) => Self::Token(token.to_owned()),
+            None => Self::Open,
+        }
+    }
+}
 
 /// An extractor that passes only requests carrying the configured bearer token; put it
-/// first among a handler's arguments so a forged request is refused before its body is read.
+/// first among a handler's arguments so a forged request is refused before its body is
+/// read. Fails closed: without `EventsAuth` registered, nothing passes.
 #[derive(Debug)]
 pub struct Authorized;
 
@@ -200,7 +212,51 @@ impl FromRequest for Authorized {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let expected = req.app_data::<EventsToken>().and_then(|t| t.0.as_deref());
-        ready(require_bearer(req, expected).map(|()| Authorized))
+        let checked = match req.app_data::<EventsAuth>() {
+            Some(EventsAuth::Open) => Ok(Authorized),
+            Some(EventsAuth::Token(token)) => require_bearer(req, token).map(|()| Authorized),
+            None => Err(ApiError::Bug(format!(
+                "{} is served without EventsAuth registered",
+                req.path()
+            ))),
+        };
+        ready(checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{test, App, HttpResponse};
+
+    async fn guarded(_: Authorized) -> HttpResponse {
+        HttpResponse::Ok().finish()
+    }
+
+    async fn status(auth: Option<EventsAuth>, bearer: Option<&str>) -> u16 {
+        let mut app = App::new();
+        if let Some(auth) = auth {
+            app = app.app_data(auth);
+        }
+        let app = test::init_service(app.route("/events", web::post().to(guarded))).await;
+        let mut request = test::TestRequest::post().uri("/events");
+        if let Some(token) = bearer {
+            request = request.insert_header((header::AUTHORIZATION, format!("Bearer {token}")));
+        }
+        test::call_service(&app, request.to_request())
+            .await
+            .status()
+            .as_u16()
+    }
+
+    #[actix_web::test]
+    async fn events_routes_fail_closed_without_their_auth_registered() {
+        assert_eq!(status(None, None).await, 500);
+        assert_eq!(status(None, Some("anything")).await, 500);
+        assert_eq!(status(Some(EventsAuth::Open), None).await, 200);
+        let token = || Some(EventsAuth::Token("s3cret".into()));
+        assert_eq!(status(token(), None).await, 401);
+        assert_eq!(status(token(), Some("wrong")).await, 401);
+        assert_eq!(status(token(), Some("s3cret")).await, 200);
     }
 }

@@ -2,7 +2,6 @@
 //! the bus client, the outbox relay, the consumer with its catch-up, then serving.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::web;
 use sqlx::migrate::Migrator;
@@ -10,10 +9,10 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::bus::BusClient;
-use crate::config::BusUserConfig;
-use crate::consumer::{self, Consumer, EventHandler};
+use crate::config::{BusUserConfig, ServiceConfig};
+use crate::consumer::{self, Consumer, ConsumerRoutes, Reactions};
 use crate::db;
-use crate::http::EventsToken;
+use crate::http::EventsAuth;
 use crate::outbox::{OutboxRelay, OutboxWaker};
 use crate::server::{Application, Readiness, ServerSettings, StartError};
 use crate::shutdown::Shutdown;
@@ -31,8 +30,12 @@ impl Startup {
     /// Connects (waiting up to 60 s for the database) and migrates the service's schema
     /// together with the shared tables.
     pub async fn connect(config: BusUserConfig, migrations: &Migrator) -> Result<Self, StartError> {
-        let pool = db::connect(&config.service.database_url, 16, Duration::from_secs(60)).await?;
-        db::migrate(&pool, &db::with_shared_migrations(migrations)).await?;
+        let pool = db::open(
+            &config.service.database_url,
+            &db::with_shared_migrations(migrations),
+        )
+        .await?;
+        warn_if_open(&config.service);
         let bus = BusClient::new(
             &config.event_bus_url,
             config.service.event_bus_token.clone(),
@@ -56,10 +59,7 @@ impl Startup {
     }
 
     /// Makes this service a consumer: not ready until it has caught up with the bus.
-    pub fn start_consumer<H: EventHandler>(
-        &mut self,
-        consumer: Consumer<H>,
-    ) -> web::Data<Consumer<H>> {
+    pub fn start_consumer<H: Reactions>(&mut self, consumer: Consumer<H>) -> ConsumerRoutes<H> {
         let consumer = Arc::new(consumer);
         self.readiness = Readiness::pending(self.pool.clone());
         self.tasks.push(consumer::spawn_catch_up(
@@ -67,28 +67,36 @@ impl Startup {
             self.readiness.clone(),
             self.shutdown.signal(),
         ));
-        web::Data::from(consumer)
+        ConsumerRoutes::new(consumer, self.events_auth())
+    }
+
+    /// Who may deliver to this service's `/events`, from `EVENT_BUS_TOKEN`.
+    pub fn events_auth(&self) -> EventsAuth {
+        EventsAuth::from_token(self.config.service.event_bus_token.as_deref())
     }
 
     pub fn shutdown_signal(&self) -> crate::shutdown::ShutdownSignal {
         self.shutdown.signal()
     }
 
-    /// Binds the port and serves `routes` (plus health routes and the `/events` token).
+    /// Binds the port and serves `routes` (plus the health routes).
     pub fn serve<F>(self, routes: F) -> Result<Application, StartError>
     where
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
-        let token = EventsToken(self.config.service.event_bus_token.clone());
         Ok(Application::start(
             ServerSettings::on_port(self.config.service.port),
             self.readiness,
-            move |cfg: &mut web::ServiceConfig| {
-                cfg.app_data(token.clone());
-                routes(cfg);
-            },
+            routes,
             self.shutdown,
             self.tasks,
         )?)
+    }
+}
+
+/// The open mode is for local runs; say so where an operator would notice it in a cluster.
+pub fn warn_if_open(config: &ServiceConfig) {
+    if config.event_bus_token.is_none() {
+        tracing::warn!("EVENT_BUS_TOKEN is not set: /events is open to anyone (fine on your machine, never in a cluster)");
     }
 }

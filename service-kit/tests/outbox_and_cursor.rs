@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use contract::{Envelope, Event, PostCreated, Publication};
-use service_kit::consumer::{Consumer, EventHandler};
+use service_kit::consumer::{Consumer, ConsumerRoutes, Reactions};
+use service_kit::http::EventsAuth;
 use service_kit::outbox::{self, OutboxRelay};
 use service_kit::server::{Application, Readiness, ServerSettings};
 use service_kit::shutdown::Shutdown;
@@ -30,7 +31,7 @@ async fn service_db() -> TestDatabase {
 
 struct RecordPosts;
 
-impl EventHandler for RecordPosts {
+impl Reactions for RecordPosts {
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -247,13 +248,11 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
         readiness.clone(),
         shutdown.signal(),
     );
-    let data = actix_web::web::Data::from(consumer.clone());
+    let routes = ConsumerRoutes::new(consumer.clone(), EventsAuth::Open);
     let app = Application::start(
         ServerSettings::on_port(0),
         readiness.clone(),
-        move |cfg: &mut actix_web::web::ServiceConfig| {
-            service_kit::consumer::routes(cfg, data.clone())
-        },
+        move |cfg: &mut actix_web::web::ServiceConfig| routes.register(cfg),
         shutdown,
         vec![catch_up],
     )

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use contract::{Envelope, Event};
 use serde_json::json;
-use service_kit::consumer::EventHandler;
+use service_kit::consumer::Reactions;
 use sqlx::PgConnection;
 use tokio::sync::broadcast;
 
@@ -34,7 +34,7 @@ impl ViewHandler {
     }
 }
 
-impl EventHandler for ViewHandler {
+impl Reactions for ViewHandler {
     async fn apply(
         &self,
         conn: &mut PgConnection,

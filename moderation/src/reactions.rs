@@ -1,7 +1,7 @@
 //! How moderation reacts to events, inside the consumer cursor's transaction.
 
 use contract::{CommentCreated, CommentModerated, Envelope, Event, Publication};
-use service_kit::consumer::EventHandler;
+use service_kit::consumer::Reactions;
 use sqlx::PgConnection;
 
 use crate::domain::Blocklist;
@@ -11,7 +11,7 @@ pub struct Moderator {
     pub blocklist: Blocklist,
 }
 
-impl EventHandler for Moderator {
+impl Reactions for Moderator {
     async fn apply(
         &self,
         conn: &mut PgConnection,

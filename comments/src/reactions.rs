@@ -1,7 +1,7 @@
 //! How comments reacts to events, inside the consumer cursor's transaction.
 
 use contract::{CommentModerated, CommentUpdated, Envelope, Event, Publication};
-use service_kit::consumer::EventHandler;
+use service_kit::consumer::Reactions;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -14,7 +14,7 @@ pub struct CommentsHandler {
     pub posts_learned: watch::Sender<u64>,
 }
 
-impl EventHandler for CommentsHandler {
+impl Reactions for CommentsHandler {
     async fn apply(
         &self,
         conn: &mut PgConnection,
