@@ -80,31 +80,28 @@ RUN --mount=type=cache,id=microblog-cargo-registry,target=/usr/local/cargo/regis
 
 # distroless/cc: glibc, libgcc and CA certificates, no shell, no package manager. The
 # tag is the one whose default user is already nonroot; USER repeats it numerically
-# so that Kubernetes' runAsNonRoot can verify it.
+# so that Kubernetes' runAsNonRoot can verify it. No EXPOSE: a service's port is the
+# topology's (`devstack topology`), which its Deployment sets as PORT and containerPort
+# (Kubernetes ignores EXPOSE); scripts/check-k8s keeps this file and the topology in step.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 USER 65532:65532
 
 FROM runtime AS posts
 COPY --from=build /out/posts /usr/local/bin/posts
-EXPOSE 4000
 ENTRYPOINT ["/usr/local/bin/posts"]
 
 FROM runtime AS comments
 COPY --from=build /out/comments /usr/local/bin/comments
-EXPOSE 4001
 ENTRYPOINT ["/usr/local/bin/comments"]
 
 FROM runtime AS query
 COPY --from=build /out/query /usr/local/bin/query
-EXPOSE 4002
 ENTRYPOINT ["/usr/local/bin/query"]
 
 FROM runtime AS moderation
 COPY --from=build /out/moderation /usr/local/bin/moderation
-EXPOSE 4003
 ENTRYPOINT ["/usr/local/bin/moderation"]
 
 FROM runtime AS event-bus
 COPY --from=build /out/event-bus /usr/local/bin/event-bus
-EXPOSE 4005
 ENTRYPOINT ["/usr/local/bin/event-bus"]

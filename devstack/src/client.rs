@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use tokio::process::Command;
 
-use crate::supervisor::say;
 use crate::Error;
+use harness::process::say;
 
 /// What the build reads; a change to any of these makes `dist/` stale.
 const SOURCES: [&str; 9] = [

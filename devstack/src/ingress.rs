@@ -196,18 +196,22 @@ mod tests {
     }
 
     #[test]
-    fn the_repo_manifest_routes_like_the_course() {
+    fn the_repo_manifest_routes_every_public_path_to_its_service() {
         let ingress = repo_ingress();
+        let port_of = |k8s_service: &str| {
+            harness::topology::SERVICES
+                .iter()
+                .find(|s| s.k8s_service == k8s_service)
+                .map_or(harness::topology::CLIENT.port, |s| s.port)
+        };
         for host in [Some("posts.com"), Some("localhost:8080"), None] {
-            let at = |path| service(&ingress, host, path);
-            assert_eq!(at("/posts/create"), "posts-clusterip-srv:4000");
-            assert_eq!(at("/posts/0190abc/comments"), "comments-srv:4001");
-            assert_eq!(at("/posts"), "query-srv:4002");
-            assert_eq!(at("/posts/stream"), "query-srv:4002");
-            assert_eq!(at("/posts/0190abc"), "query-srv:4002");
-            assert_eq!(at("/"), "client-srv:3000");
-            assert_eq!(at("/assets/index-3f2a.js"), "client-srv:3000");
-            assert_eq!(at("/events"), "client-srv:3000", "/events is never exposed");
+            for (path, expected) in harness::topology::PUBLIC_ROUTES {
+                assert_eq!(
+                    service(&ingress, host, path),
+                    format!("{expected}:{}", port_of(expected)),
+                    "{path} (host {host:?})"
+                );
+            }
         }
         assert_eq!(ingress.hosts().collect::<Vec<_>>(), ["posts.com"]);
     }

@@ -1,36 +1,42 @@
 //! `cargo run -p devstack`: the whole microblog on this machine, with no Docker and no
 //! cluster. A private PostgreSQL, the five services built and supervised, the React
 //! client, and a gateway on one port that routes by `infra/k8s/ingress-srv.yaml`.
+//! `devstack topology --json` prints the service topology for scripts.
 
 mod client;
 mod gateway;
 mod ingress;
 mod postgres;
-mod services;
-mod supervisor;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use harness::postgres::Server;
+use harness::process::say;
+use harness::stack::{Logs, Ports, Stack, StackOptions, DEFAULT_RUST_LOG};
+use harness::topology::{self, CLIENT, SERVICES};
 use tokio::sync::watch;
 
 use crate::ingress::Ingress;
-use crate::postgres::Postgres;
-use crate::services::{CLIENT_PORT, CLIENT_SERVICE, SERVICES};
-use crate::supervisor::{say, supervise, Prefix, Program};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "usage: cargo run -p devstack -- [--port N] [--fresh] [--data DIR]
+       cargo run -p devstack -- topology --json
 
   --port N     the gateway's port (default 8080)
   --fresh      delete the local data and start empty
   --data DIR   where the local data lives (default .devstack/ in the repository)
 
 Runs PostgreSQL (data in .devstack/), the five services, the client, and a gateway that
-routes by infra/k8s/ingress-srv.yaml. Ctrl-C stops everything.";
+routes by infra/k8s/ingress-srv.yaml. Ctrl-C stops everything.
+`topology --json` prints the services (names, Services, ports, databases, roles, the
+environment each reads) and the public route table, for scripts and the offline checks.";
+
+/// A service that is not ready within this time ends the run: it is crash-looping.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
 
 struct Options {
     port: u16,
@@ -38,13 +44,25 @@ struct Options {
     data: Option<PathBuf>,
 }
 
-fn options() -> Result<Options, String> {
+enum Command {
+    Run(Options),
+    Topology,
+}
+
+fn command() -> Result<Command, String> {
     let mut options = Options {
         port: 8080,
         fresh: false,
         data: None,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("topology") {
+        args.next();
+        return match args.next().as_deref() {
+            Some("--json") if args.next().is_none() => Ok(Command::Topology),
+            _ => Err("topology takes exactly --json".into()),
+        };
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--fresh" => options.fresh = true,
@@ -66,13 +84,17 @@ fn options() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(options)
+    Ok(Command::Run(options))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match options() {
-        Ok(options) => options,
+    let options = match command() {
+        Ok(Command::Run(options)) => options,
+        Ok(Command::Topology) => {
+            say(&topology::to_json().to_string());
+            return ExitCode::SUCCESS;
+        }
         Err(problem) => {
             if !problem.is_empty() {
                 eprintln!("devstack: {problem}");
@@ -116,8 +138,8 @@ async fn run(root: &Path, options: Options) -> Result<(), Error> {
     let listeners = Listeners {
         gateway: std::net::TcpListener::bind(("127.0.0.1", options.port))
             .map_err(|_| in_use(options.port))?,
-        client: std::net::TcpListener::bind(("127.0.0.1", CLIENT_PORT))
-            .map_err(|_| in_use(CLIENT_PORT))?,
+        client: std::net::TcpListener::bind(("127.0.0.1", CLIENT.port))
+            .map_err(|_| in_use(CLIENT.port))?,
     };
     let binaries = unless_interrupted(&interrupted, build_services(root)).await?;
     unless_interrupted(&interrupted, client::build_if_stale(&root.join("client"))).await?;
@@ -127,25 +149,25 @@ async fn run(root: &Path, options: Options) -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| root.join(".devstack"));
     // Not raced against Ctrl-C: abandoning pg_ctl half-way could leave a server behind.
-    let postgres = Postgres::start(&data, options.fresh, &databases).await?;
+    let postgres = postgres::start(&data, options.fresh, &databases).await?;
     let outcome = if *interrupted.borrow() {
         Err("interrupted".into())
     } else {
-        let stack = Stack {
+        let local = Local {
             root,
             options: &options,
             data_dir: &data,
-            binaries: &binaries,
+            binaries,
             postgres: &postgres,
         };
-        stack.serve(ingress, ports, listeners, interrupted).await
+        local.serve(ingress, ports, listeners, interrupted).await
     };
     let stopped = postgres.stop().await;
     say(&format!(
         "devstack: stopped. Your data is kept in {}; `--fresh` starts empty.",
         data.display()
     ));
-    outcome.and(stopped)
+    outcome.and(stopped.map_err(Error::from))
 }
 
 fn in_use(port: u16) -> String {
@@ -166,13 +188,13 @@ fn interruption() -> Result<watch::Receiver<bool>, Error> {
     Ok(interrupted)
 }
 
-async fn unless_interrupted<T>(
+async fn unless_interrupted<T, E: Into<Error>>(
     interrupted: &watch::Receiver<bool>,
-    step: impl std::future::Future<Output = Result<T, Error>>,
+    step: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, Error> {
     let mut interrupted = interrupted.clone();
     tokio::select! {
-        result = step => result,
+        result = step => result.map_err(Into::into),
         _ = interrupted.wait_for(|i| *i) => Err("interrupted".into()),
     }
 }
@@ -184,7 +206,7 @@ fn local_ports(ingress: &Ingress) -> Result<HashMap<String, u16>, Error> {
         .iter()
         .map(|s| (s.k8s_service.to_owned(), s.port))
         .collect();
-    ports.insert(CLIENT_SERVICE.to_owned(), CLIENT_PORT);
+    ports.insert(CLIENT.k8s_service.to_owned(), CLIENT.port);
     for (path, backend) in ingress.backends() {
         match ports.get(&backend.service) {
             Some(port) if *port == backend.port => {}
@@ -209,10 +231,10 @@ fn local_ports(ingress: &Ingress) -> Result<HashMap<String, u16>, Error> {
     Ok(ports)
 }
 
-/// Builds the services with the same cargo and profile that built devstack itself.
-async fn build_services(root: &Path) -> Result<HashMap<&'static str, PathBuf>, Error> {
-    let exe = std::env::current_exe()?;
-    let target = exe.parent().ok_or("devstack's own directory")?.to_owned();
+/// Builds the services with the same cargo and profile that built devstack itself;
+/// returns the directory that holds them.
+async fn build_services(root: &Path) -> Result<PathBuf, Error> {
+    let target = harness::stack::binaries_of_this_build()?;
     let release = target.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = tokio::process::Command::new(cargo);
@@ -234,10 +256,7 @@ async fn build_services(root: &Path) -> Result<HashMap<&'static str, PathBuf>, E
     if !status.success() {
         return Err(format!("building the services failed ({status})").into());
     }
-    Ok(SERVICES
-        .iter()
-        .map(|s| (s.name, target.join(s.name)))
-        .collect())
+    Ok(target)
 }
 
 struct Listeners {
@@ -245,48 +264,18 @@ struct Listeners {
     client: std::net::TcpListener,
 }
 
-struct Stack<'a> {
+/// What the local run is made of.
+struct Local<'a> {
     root: &'a Path,
     options: &'a Options,
     data_dir: &'a Path,
-    binaries: &'a HashMap<&'static str, PathBuf>,
-    postgres: &'a Postgres,
+    binaries: PathBuf,
+    postgres: &'a Server,
 }
 
-/// What is running, so that every way out stops it in order.
-#[derive(Default)]
-struct Running {
-    supervised: Vec<tokio::task::JoinHandle<()>>,
-    stop_services: Option<watch::Sender<bool>>,
-    stop_bus: Option<watch::Sender<bool>>,
-    servers: Vec<actix_web::dev::ServerHandle>,
-}
-
-impl Running {
-    async fn stop(self) {
-        say("devstack: stopping (SIGTERM to every service, then waiting for each)");
-        for server in self.servers {
-            server.stop(false).await;
-        }
-        // The bus stops last, so the others can flush their outboxes to it on the way out.
-        if let Some(stop) = self.stop_services {
-            let _ = stop.send(true);
-        }
-        let mut supervised = self.supervised.into_iter();
-        let bus = supervised.next();
-        for task in supervised {
-            let _ = task.await;
-        }
-        if let Some(stop) = self.stop_bus {
-            let _ = stop.send(true);
-        }
-        if let Some(bus) = bus {
-            let _ = bus.await;
-        }
-    }
-}
-
-impl Stack<'_> {
+impl Local<'_> {
+    /// Runs everything until Ctrl-C, then stops it in order: the gateway and the client
+    /// first, then the services (the bus last), whichever way the run ends.
     async fn serve(
         &self,
         ingress: Ingress,
@@ -294,62 +283,65 @@ impl Stack<'_> {
         listeners: Listeners,
         mut interrupted: watch::Receiver<bool>,
     ) -> Result<(), Error> {
-        let mut running = Running::default();
-        let outcome = self
-            .start(ingress, ports, listeners, &interrupted, &mut running)
-            .await;
+        // Deliveries and publishes carry a bearer token in Kubernetes; so they do here.
+        let token = format!("devstack-{:016x}", fastrand::u64(..));
+        let mut stack = Stack::plan(&self.stack_options(&token), |service| {
+            format!("{}/{}", self.postgres.url(), service.database)
+        })?;
+        let hosts: Vec<String> = ingress.hosts().map(str::to_owned).collect();
+        let mut servers = Vec::new();
+        let mut outcome = unless_interrupted(&interrupted, stack.start()).await;
         if outcome.is_ok() {
+            outcome = self.start_servers(ingress, ports, listeners, &mut servers);
+        }
+        if outcome.is_ok() {
+            self.announce(&token, &hosts);
             let _ = interrupted.wait_for(|i| *i).await;
         }
-        running.stop().await;
+        say("devstack: stopping (SIGTERM to every service, then waiting for each)");
+        for server in servers {
+            server.stop(false).await;
+        }
+        stack.stop().await;
         outcome
     }
 
-    async fn start(
+    fn stack_options(&self, token: &str) -> StackOptions {
+        let mut env = Vec::new();
+        if let Ok(words) = std::env::var("MODERATION_BLOCKLIST") {
+            env.push(("moderation", "MODERATION_BLOCKLIST".to_owned(), words));
+        }
+        StackOptions {
+            services: SERVICES.iter().map(|s| s.name).collect(),
+            replicas: 1,
+            ports: Ports::Topology,
+            binaries: self.binaries.clone(),
+            logs: Logs::Prefixed,
+            supervised: true,
+            token: Some(token.to_owned()),
+            log_format: "pretty",
+            rust_log: std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.into()),
+            ready_deadline: READY_DEADLINE,
+            env,
+        }
+    }
+
+    fn start_servers(
         &self,
         ingress: Ingress,
         ports: HashMap<String, u16>,
         listeners: Listeners,
-        interrupted: &watch::Receiver<bool>,
-        running: &mut Running,
+        servers: &mut Vec<actix_web::dev::ServerHandle>,
     ) -> Result<(), Error> {
-        let (stop_services, services_stopping) = watch::channel(false);
-        let (stop_bus, bus_stopping) = watch::channel(false);
-        running.stop_services = Some(stop_services);
-        running.stop_bus = Some(stop_bus);
-        // Deliveries and publishes carry a bearer token in Kubernetes; so they do here.
-        let token = format!("devstack-{:016x}", fastrand::u64(..));
-        for (i, service) in SERVICES.iter().enumerate() {
-            let program = Program {
-                prefix: Prefix::new(service.name, service.color),
-                binary: self.binaries[service.name].clone(),
-                env: services::env(service, self.postgres.url(service.database), &token),
-            };
-            let is_bus = i == 0;
-            let stopping = if is_bus {
-                &bus_stopping
-            } else {
-                &services_stopping
-            };
-            running
-                .supervised
-                .push(supervise(program, stopping.clone()));
-            if is_bus {
-                // The others catch up from the bus before they report ready.
-                wait_ready(service.name, service.port, interrupted).await?;
-            }
-        }
-        let hosts: Vec<String> = ingress.hosts().map(str::to_owned).collect();
-        running.servers.push(gateway::serve_client(
+        servers.push(gateway::serve_client(
             self.root.join("client/dist"),
             listeners.client,
         )?);
-        running
-            .servers
-            .push(gateway::start(ingress, ports, listeners.gateway)?);
-        for service in &SERVICES {
-            wait_ready(service.name, service.port, interrupted).await?;
-        }
+        servers.push(gateway::start(ingress, ports, listeners.gateway)?);
+        Ok(())
+    }
+
+    fn announce(&self, token: &str, hosts: &[String]) {
         let port = self.options.port;
         say("");
         say(&format!("  The microblog is up: http://localhost:{port}/"));
@@ -359,52 +351,14 @@ impl Stack<'_> {
             ));
         }
         say(&format!(
-            "  PostgreSQL: {}<service>   Event bus token: {token}",
-            self.postgres.url("")
+            "  PostgreSQL: {}/<service>   Event bus token: {token}",
+            self.postgres.url()
         ));
         say(&format!(
             "  Ctrl-C stops everything; your data stays in {}",
             self.data_dir.display()
         ));
         say("");
-        Ok(())
-    }
-}
-
-/// Waits for `/readyz`, or until Ctrl-C, or a deadline that a crash-looping service hits.
-async fn wait_ready(
-    name: &str,
-    port: u16,
-    interrupted: &watch::Receiver<bool>,
-) -> Result<(), Error> {
-    const DEADLINE: Duration = Duration::from_secs(120);
-    let url = format!("{}/readyz", services::url(port));
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let started = Instant::now();
-    loop {
-        if *interrupted.borrow() {
-            return Err("interrupted".into());
-        }
-        let ready = client
-            .get(&url)
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        if ready {
-            return Ok(());
-        }
-        if started.elapsed() > DEADLINE {
-            return Err(format!(
-                "{name} is not ready after {} s; its log lines above say why",
-                DEADLINE.as_secs()
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -413,29 +367,43 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn query() -> &'static topology::Service {
+        topology::service("query").unwrap()
+    }
+
+    /// The repository's Ingress with query's backend replaced.
     fn ingress_to(service: &str, port: u16) -> Ingress {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s/ingress-srv.yaml");
         let text = std::fs::read_to_string(file)
             .unwrap()
-            .replace("name: query-srv", &format!("name: {service}"))
-            .replace("number: 4002", &format!("number: {port}"));
+            .replace(
+                &format!("name: {}", query().k8s_service),
+                &format!("name: {service}"),
+            )
+            .replace(
+                &format!("number: {}", query().port),
+                &format!("number: {port}"),
+            );
         Ingress::parse(&text).unwrap()
     }
 
     #[test]
     fn every_backend_of_the_repo_manifest_runs_locally() {
-        let ports = local_ports(&ingress_to("query-srv", 4002)).unwrap();
-        assert_eq!(ports["query-srv"], 4002);
-        assert_eq!(ports["client-srv"], 3000);
+        let ports = local_ports(&ingress_to(query().k8s_service, query().port)).unwrap();
+        assert_eq!(ports[query().k8s_service], query().port);
+        assert_eq!(ports[CLIENT.k8s_service], CLIENT.port);
     }
 
     #[test]
     fn a_backend_that_does_not_exist_stops_the_local_run() {
-        let missing = local_ports(&ingress_to("qurey-srv", 4002)).unwrap_err();
+        let missing = local_ports(&ingress_to("qurey-srv", query().port)).unwrap_err();
         assert!(missing.to_string().contains("\"qurey-srv\""), "{missing}");
-        let wrong_port = local_ports(&ingress_to("query-srv", 4003)).unwrap_err();
+        let wrong_port =
+            local_ports(&ingress_to(query().k8s_service, query().port + 1)).unwrap_err();
         assert!(
-            wrong_port.to_string().contains("listens on 4002"),
+            wrong_port
+                .to_string()
+                .contains(&format!("listens on {}", query().port)),
             "{wrong_port}"
         );
     }

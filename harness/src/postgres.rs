@@ -61,6 +61,60 @@ pub fn start(data: &Path, port: u16, options: &str) -> io::Result<()> {
     ]))
 }
 
+/// A cluster this process started, on a port of its own; `stop` stops it.
+#[derive(Debug)]
+pub struct Server {
+    data: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    /// Starts the cluster in `data` on a free port with extra server `options`, creating
+    /// it first when `data` holds none. A server left running on `data` by a run that
+    /// was killed is stopped first, so it restarts cleanly.
+    pub async fn start(data: &Path, options: &str) -> io::Result<Self> {
+        let port = free_port()?;
+        let (dir, options) = (data.to_owned(), options.to_owned());
+        blocking(move || {
+            if dir.join("postmaster.pid").exists() {
+                let _ = stop(&dir, StopMode::Fast);
+            }
+            if !is_initialized(&dir) {
+                init(&dir)?;
+            }
+            start(&dir, port, &options)
+        })
+        .await?;
+        Ok(Self {
+            data: data.to_owned(),
+            port,
+        })
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>`, without a database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// The URL of database `name`, created unless it exists.
+    pub async fn database(&self, name: &str) -> Result<String, sqlx::Error> {
+        ensure_database(&self.url(), name).await
+    }
+
+    /// Disconnects clients and shuts down cleanly.
+    pub async fn stop(&self) -> io::Result<()> {
+        let data = self.data.clone();
+        blocking(move || stop(&data, StopMode::Fast)).await
+    }
+}
+
+/// `pg_ctl` and `initdb` block while they work; keep them off the async workers.
+async fn blocking(run: impl FnOnce() -> io::Result<()> + Send + 'static) -> io::Result<()> {
+    tokio::task::spawn_blocking(run)
+        .await
+        .map_err(io::Error::other)?
+}
+
 /// Creates database `name` on the server at `server_url` (`postgres://user@host:port`)
 /// unless it exists, and returns the database's URL.
 pub async fn ensure_database(server_url: &str, name: &str) -> Result<String, sqlx::Error> {

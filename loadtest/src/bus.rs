@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
-use crate::stack::{percentile, rss_mib, wait_ready, Error, Stack};
+use crate::stack::{percentile, rss_mib, Error, World};
 
 /// A subscriber that only counts: it finds the highest `"seq":` in each batch, so the
 /// measurement is not spent parsing JSON in the load generator.
@@ -81,8 +81,6 @@ struct Phase {
 }
 
 pub async fn run() -> Result<(), Error> {
-    let mut stack = Stack::start()?;
-    let database_url = stack.create_database("event_bus").await?;
     let sinks: Vec<Sink> = (0..4).map(|_| start_sink()).collect::<Result<_, _>>()?;
     let subscribers = sinks
         .iter()
@@ -90,19 +88,13 @@ pub async fn run() -> Result<(), Error> {
         .map(|(i, s)| format!("sink{i}=http://127.0.0.1:{}/events", s.port))
         .collect::<Vec<_>>()
         .join(",");
-    let port = testkit::cluster::free_port()?;
-    stack.spawn(
-        "event-bus",
-        &[
-            ("PORT", port.to_string()),
-            ("DATABASE_URL", database_url),
-            ("EVENT_BUS_SUBSCRIBERS", subscribers),
-            ("RUST_LOG", "info".into()),
-        ],
-    )?;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{base}/readyz")).await?;
-    let pid = stack.pid("event-bus").unwrap_or(0);
+    let mut world = World::new(&["event-bus"], |options| {
+        options.with_env("event-bus", "EVENT_BUS_SUBSCRIBERS", subscribers)
+    })
+    .await?;
+    world.stack.start().await?;
+    let base = world.stack.url("event-bus");
+    let pid = world.pid("event-bus").unwrap_or(0);
     println!("event bus: release build, PostgreSQL with fsync and synchronous_commit on, 4 counting subscribers");
     println!("idle RSS: {:.1} MiB", rss_mib(pid).unwrap_or(f64::NAN));
     println!(
@@ -203,6 +195,7 @@ pub async fn run() -> Result<(), Error> {
         "RSS after load: {:.1} MiB",
         rss_mib(pid).unwrap_or(f64::NAN)
     );
+    world.finish().await;
     Ok(())
 }
 

@@ -6,18 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::stack::{drive, percentile, rss_mib, wait_ready, Error, Stack};
+use harness::api::ApiClient;
+use harness::topology::SERVICES;
 
-const SERVICES: [(&str, &str); 5] = [
-    ("event-bus", "event_bus"),
-    ("posts", "posts"),
-    ("comments", "comments"),
-    ("moderation", "moderation"),
-    ("query", "query"),
-];
+use crate::stack::{drive, percentile, rss_mib, Error, World};
 
 /// When each change first showed on the query service's live stream (pushed only after
 /// the change committed, so from that instant `GET /posts/{id}` has it).
@@ -121,96 +116,53 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn watch_stream(query: String, seen: Arc<Seen>) -> Result<(), Error> {
+async fn watch_stream(api: ApiClient, query: String, seen: Arc<Seen>) -> Result<(), Error> {
     let view_url = format!("{query}/posts");
-    let mut response = reqwest::get(format!("{query}/posts/stream")).await?;
-    let mut buffer = String::new();
-    while let Some(chunk) = response.chunk().await? {
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            for data in frame.lines().filter_map(|l| l.strip_prefix("data: ")) {
-                let change: Value = serde_json::from_str(data)?;
-                if change["type"] == "Resync" {
-                    // This reader fell behind the burst: take the state from the view.
-                    seen.record_view(&reqwest::get(&view_url).await?.json().await?);
-                } else {
-                    seen.record(&change);
-                }
-            }
+    let mut stream = api.live_stream(&query).await?;
+    while let Some(change) = stream.next_change().await? {
+        if change["type"] == "Resync" {
+            // This reader fell behind the burst: take the state from the view.
+            seen.record_view(&api.get_json(&view_url).await?);
+        } else {
+            seen.record(&change);
         }
     }
     Err("the live stream ended".into())
 }
 
 struct Microblog {
-    stack: Stack,
+    world: World,
     urls: HashMap<&'static str, String>,
-    client: reqwest::Client,
+    api: ApiClient,
 }
 
 impl Microblog {
     async fn start() -> Result<Self, Error> {
-        let mut stack = Stack::start()?;
-        let mut urls = HashMap::new();
-        let mut ports = HashMap::new();
-        for (service, _) in SERVICES {
-            let port = testkit::cluster::free_port()?;
-            ports.insert(service, port);
-            urls.insert(service, format!("http://127.0.0.1:{port}"));
-        }
-        for (service, database) in SERVICES {
-            let mut env = vec![
-                ("PORT", ports[service].to_string()),
-                ("DATABASE_URL", stack.create_database(database).await?),
-                ("EVENT_BUS_URL", urls["event-bus"].clone()),
-                // Production's level by default; RUST_LOG=warn shows what logging costs.
-                (
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                ),
-            ];
-            if service == "event-bus" {
-                let subscribers = ["comments", "moderation", "query"]
-                    .map(|s| format!("{s}={}/events", urls[s]))
-                    .join(",");
-                env.push(("EVENT_BUS_SUBSCRIBERS", subscribers));
-            }
-            stack.spawn(service, &env)?;
-        }
-        for (service, _) in SERVICES {
-            wait_ready(&format!("{}/readyz", urls[service])).await?;
-        }
-        let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+        let names: Vec<&'static str> = SERVICES.iter().map(|s| s.name).collect();
+        let mut world = World::new(&names, |options| options).await?;
+        world.stack.start().await?;
+        let urls = names.iter().map(|n| (*n, world.stack.url(n))).collect();
         Ok(Self {
-            stack,
+            world,
             urls,
-            client,
+            api: ApiClient::new(),
         })
     }
 
     fn memory(&self) -> String {
         SERVICES
             .iter()
-            .map(|(service, _)| {
-                let rss = self.stack.pid(service).and_then(rss_mib);
-                format!("{service} {:.1}", rss.unwrap_or(f64::NAN))
+            .map(|service| {
+                let rss = self.world.pid(service.name).and_then(rss_mib);
+                format!("{} {:.1}", service.name, rss.unwrap_or(f64::NAN))
             })
             .collect::<Vec<_>>()
             .join(", ")
     }
 }
 
-async fn create_post(client: &reqwest::Client, posts: &str, title: &str) -> Result<String, Error> {
-    let response = client
-        .post(format!("{posts}/posts/create"))
-        .json(&json!({ "title": title }))
-        .send()
-        .await?;
-    if response.status() != 201 {
-        return Err(format!("POST /posts/create answered {}", response.status()).into());
-    }
-    let post: Value = response.json().await?;
+async fn create_post(api: &ApiClient, posts: &str, title: &str) -> Result<String, Error> {
+    let post = api.create_post(posts, title).await?;
     post["id"]
         .as_str()
         .map(str::to_owned)
@@ -218,25 +170,16 @@ async fn create_post(client: &reqwest::Client, posts: &str, title: &str) -> Resu
 }
 
 async fn create_comment(
-    client: &reqwest::Client,
+    api: &ApiClient,
     comments: &str,
     post_id: &str,
     content: &str,
 ) -> Result<String, Error> {
-    let response = client
-        .post(format!("{comments}/posts/{post_id}/comments"))
-        .json(&json!({ "content": content }))
-        .send()
-        .await?;
-    if response.status() != 201 {
-        return Err(format!("POST comment answered {}", response.status()).into());
-    }
-    let all: Value = response.json().await?;
-    all.as_array()
-        .and_then(|a| a.iter().find(|c| c["content"] == content))
-        .and_then(|c| c["id"].as_str())
+    let comment = api.create_comment(comments, post_id, content).await?;
+    comment["id"]
+        .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| "comment answer has no comments".into())
+        .ok_or_else(|| "the new comment has no id".into())
 }
 
 fn report(name: &str, mut ms: Vec<f64>) {
@@ -253,9 +196,9 @@ pub async fn run() -> Result<(), Error> {
     let blog = Microblog::start().await?;
     let seen = Arc::new(Seen::default());
     let watcher = {
-        let (query, seen) = (blog.urls["query"].clone(), seen.clone());
+        let (api, query, seen) = (blog.api.clone(), blog.urls["query"].clone(), seen.clone());
         tokio::spawn(async move {
-            if let Err(error) = watch_stream(query, seen.clone()).await {
+            if let Err(error) = watch_stream(api, query, seen.clone()).await {
                 *lock(&seen.failed) = Some(error.to_string());
                 seen.changed.notify_waiters();
             }
@@ -275,35 +218,30 @@ pub async fn run() -> Result<(), Error> {
     let mut visible = Vec::new();
     for n in 0..300 {
         let sent = Instant::now();
-        let id = create_post(&blog.client, &posts, &format!("latency post {n}")).await?;
+        let id = create_post(&blog.api, &posts, &format!("latency post {n}")).await?;
         let at = seen.wait_for(&format!("post:{id}")).await?;
         visible.push(at.duration_since(sent).as_secs_f64() * 1000.0);
     }
     report("post created → visible on query", visible);
-    let post_id = create_post(&blog.client, &posts, "commented post").await?;
+    let post_id = create_post(&blog.api, &posts, "commented post").await?;
     seen.wait_for(&format!("post:{post_id}")).await?;
     let mut approved = Vec::new();
     for n in 0..300 {
         let sent = Instant::now();
-        let id = create_comment(&blog.client, &comments, &post_id, &format!("comment {n}")).await?;
+        let id = create_comment(&blog.api, &comments, &post_id, &format!("comment {n}")).await?;
         let at = seen.wait_for(&format!("approved:{id}")).await?;
         approved.push(at.duration_since(sent).as_secs_f64() * 1000.0);
     }
     report("comment created → approved in the view", approved);
-    let response = blog
-        .client
-        .get(format!("{query}/posts/{post_id}"))
-        .send()
+    blog.api
+        .get_json(&format!("{query}/posts/{post_id}"))
         .await?;
-    if response.status() != 200 {
-        return Err(format!("GET /posts/{{id}} answered {}", response.status()).into());
-    }
 
     // The burst: 5,000 posts from 16 connections.
     const BURST: usize = 5_000;
     let already = *lock(&seen.posts);
     let started = Instant::now();
-    let (client, url) = (blog.client.clone(), posts.clone());
+    let (client, url) = (blog.api.clone(), posts.clone());
     let latencies = drive(16, BURST, move |n| {
         let (client, posts) = (client.clone(), url.clone());
         async move { create_post(&client, &posts, &format!("burst post {n}")).await }
@@ -313,7 +251,7 @@ pub async fn run() -> Result<(), Error> {
     let all_visible = match seen.wait_for_posts(already + BURST).await {
         Ok(at) => at,
         Err(e) => {
-            let view: Value = reqwest::get(format!("{query}/posts")).await?.json().await?;
+            let view = blog.api.get_json(&format!("{query}/posts")).await?;
             let n = view.as_object().map(|v| v.len()).unwrap_or(0);
             return Err(format!(
                 "{e}; the view holds {n}; stream count {}",
@@ -334,7 +272,7 @@ pub async fn run() -> Result<(), Error> {
     );
 
     // The view as the course's client reads it: 1,000 posts with 3 comments each.
-    let (client, url) = (blog.client.clone(), posts.clone());
+    let (client, url) = (blog.api.clone(), posts.clone());
     let view_posts: Vec<String> = drive(16, 1_000, move |n| {
         let (client, posts) = (client.clone(), url.clone());
         async move { create_post(&client, &posts, &format!("a post people comment on, {n}")).await }
@@ -345,7 +283,7 @@ pub async fn run() -> Result<(), Error> {
         seen.wait_for(&format!("post:{id}")).await?;
     }
     let view_posts = Arc::new(view_posts);
-    let (client, url) = (blog.client.clone(), comments.clone());
+    let (client, url) = (blog.api.clone(), comments.clone());
     let comment_ids = drive(16, 3_000, move |n| {
         let (client, comments, view_posts) = (client.clone(), url.clone(), view_posts.clone());
         async move {
@@ -359,12 +297,21 @@ pub async fn run() -> Result<(), Error> {
         seen.wait_for(&format!("approved:{id}")).await?;
     }
     let page = format!("{query}/posts?limit=1000");
-    let size = blog.client.get(&page).send().await?.bytes().await?.len();
+    let size = blog
+        .api
+        .http()
+        .get(&page)
+        .send()
+        .await?
+        .bytes()
+        .await?
+        .len();
     let started = Instant::now();
-    let (client, url) = (blog.client.clone(), page.clone());
+    let (client, url) = (blog.api.http().clone(), page.clone());
     let reads = drive(16, 4_000, move |_| {
         let (client, page) = (client.clone(), url.clone());
         async move {
+            // Bytes, not JSON: the load generator must not spend its time parsing.
             let response = client.get(&page).send().await?;
             if response.status() != 200 {
                 return Err(format!("GET /posts answered {}", response.status()).into());
@@ -382,5 +329,6 @@ pub async fn run() -> Result<(), Error> {
 
     println!("RSS after load MiB: {}", blog.memory());
     watcher.abort();
+    blog.world.finish().await;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::stack::{rss_mib, wait_ready, Error, Stack};
+use crate::stack::{rss_mib, Error, World};
 
 const POSTS: usize = 10_000;
 
@@ -35,18 +35,14 @@ fn events_of_post(n: usize) -> Vec<Value> {
 }
 
 pub async fn run() -> Result<(), Error> {
-    let mut stack = Stack::start()?;
-    let bus_port = harness::postgres::free_port()?;
-    let bus = format!("http://127.0.0.1:{bus_port}");
-    stack.spawn(
-        "event-bus",
-        &[
-            ("PORT", bus_port.to_string()),
-            ("DATABASE_URL", stack.create_database("event_bus").await?),
-            ("RUST_LOG", "warn".into()),
-        ],
-    )?;
-    wait_ready(&format!("{bus}/readyz")).await?;
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let mut world = World::new(&["event-bus", "query"], |mut options| {
+        options.rust_log = rust_log;
+        options
+    })
+    .await?;
+    world.stack.start_service("event-bus").await?;
+    let bus = world.stack.url("event-bus");
     let client = reqwest::Client::new();
     for chunk in (0..POSTS).collect::<Vec<_>>().chunks(100) {
         let batch: Vec<Value> = chunk.iter().flat_map(|n| events_of_post(*n)).collect();
@@ -60,24 +56,11 @@ pub async fn run() -> Result<(), Error> {
         }
     }
     let events = POSTS * 5;
-    let query_port = harness::postgres::free_port()?;
-    let query = format!("http://127.0.0.1:{query_port}");
-    let database_url = stack.create_database("query").await?;
+    // The clock runs from process start to ready (caught up), on an empty database.
     let started = Instant::now();
-    stack.spawn(
-        "query",
-        &[
-            ("PORT", query_port.to_string()),
-            ("DATABASE_URL", database_url),
-            ("EVENT_BUS_URL", bus.clone()),
-            (
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            ),
-        ],
-    )?;
-    wait_ready(&format!("{query}/readyz")).await?;
+    world.stack.start_service("query").await?;
     let rebuilt_in = started.elapsed();
+    let query = world.stack.url("query");
     let view: Value = client
         .get(format!("{query}/posts"))
         .send()
@@ -92,7 +75,8 @@ pub async fn run() -> Result<(), Error> {
         "query rebuilt its view from {events} events ({POSTS} posts × 2 comments) in {:.2} s ({:.0} events/s), from process start to ready; RSS {:.1} MiB",
         rebuilt_in.as_secs_f64(),
         events as f64 / rebuilt_in.as_secs_f64(),
-        stack.pid("query").and_then(rss_mib).unwrap_or(f64::NAN)
+        world.pid("query").and_then(rss_mib).unwrap_or(f64::NAN)
     );
+    world.finish().await;
     Ok(())
 }

@@ -1,105 +1,79 @@
 //! The world a measurement runs in: a private PostgreSQL cluster with production
 //! durability (fsync and synchronous commit on), and the services as real release
-//! processes started next to this binary.
+//! processes started next to this binary by the harness.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
-use testkit::cluster;
+use harness::postgres::Server;
+use harness::stack::{binaries_of_this_build, Stack, StackOptions};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-pub struct Stack {
+pub struct World {
     dir: PathBuf,
-    pg_port: u16,
-    children: Vec<(String, Child)>,
+    postgres: Server,
+    pub stack: Stack,
 }
 
-impl Stack {
-    pub fn start() -> Result<Self, Error> {
+impl World {
+    /// A private cluster and a plan for `services` (each with its own database), as
+    /// `configure` adjusts the harness's defaults; nothing runs yet but PostgreSQL.
+    pub async fn new(
+        services: &[&'static str],
+        configure: impl FnOnce(StackOptions) -> StackOptions,
+    ) -> Result<Self, Error> {
         let dir = std::env::temp_dir().join(format!("microblog-loadtest-{}", std::process::id()));
-        let pg_port = cluster::free_port()?;
-        cluster::init_and_start(&dir.join("pg"), pg_port, "-c max_connections=200")?;
+        std::fs::create_dir_all(&dir)?;
+        let postgres = Server::start(&dir.join("pg"), "-c max_connections=200").await?;
+        let options =
+            configure(StackOptions::whole(binaries_of_this_build()?, &dir).only(services));
+        let mut databases = Vec::new();
+        for name in &options.services {
+            let service = harness::topology::service(name).ok_or("not a service")?;
+            databases.push((service.name, postgres.database(service.database).await?));
+        }
+        let stack = Stack::plan(&options, |service| {
+            databases
+                .iter()
+                .find(|(name, _)| *name == service.name)
+                .map(|(_, url)| url.clone())
+                .unwrap_or_default()
+        })?;
         Ok(Self {
             dir,
-            pg_port,
-            children: Vec::new(),
+            postgres,
+            stack,
         })
     }
 
-    pub async fn create_database(&self, name: &str) -> Result<String, Error> {
-        let server = format!("postgres://postgres@127.0.0.1:{}", self.pg_port);
-        Ok(harness::postgres::ensure_database(&server, name).await?)
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        self.stack
+            .instances(service)
+            .next()
+            .and_then(|i| i.process.pid())
     }
 
-    /// Starts a release binary of this workspace with `env`, logging to a file.
-    pub fn spawn(&mut self, binary: &str, env: &[(&str, String)]) -> Result<(), Error> {
-        let path = sibling_binary(binary)?;
-        let log = std::fs::File::create(self.dir.join(format!("{binary}.log")))?;
-        let child = Command::new(path)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.children.push((binary.to_owned(), child));
-        Ok(())
-    }
-
-    pub fn pid(&self, binary: &str) -> Option<u32> {
-        self.children
-            .iter()
-            .find(|(n, _)| n == binary)
-            .map(|(_, c)| c.id())
+    /// Stops the services gracefully, then PostgreSQL, and removes what the run wrote
+    /// (`LOADTEST_KEEP=1` keeps the logs).
+    pub async fn finish(mut self) {
+        self.stack.stop().await;
+        let _ = self.postgres.stop().await;
     }
 }
 
-impl Drop for Stack {
+impl Drop for World {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-        let _ = cluster::stop(&self.dir.join("pg"));
+        // After `finish`, or on the way out of a failed run: the services die with the
+        // stack, and a server still running would keep the directory busy.
+        let _ =
+            harness::postgres::stop(&self.dir.join("pg"), harness::postgres::StopMode::Immediate);
         if std::env::var_os("LOADTEST_KEEP").is_some() {
             eprintln!("kept {} (LOADTEST_KEEP is set)", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn sibling_binary(name: &str) -> Result<PathBuf, Error> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().unwrap_or(Path::new(".")).join(name);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found: build it first with `cargo build --release --workspace`",
-            path.display()
-        )
-        .into())
-    }
-}
-
-pub async fn wait_ready(url: &str) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if reqwest::get(url)
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!("{url} never became ready").into())
 }
 
 /// Resident memory of a process, in MiB.

@@ -64,7 +64,7 @@ async fn decisions(pool: &PgPool) -> Vec<(String, String, String)> {
 fn blocklist_from(value: Option<&str>) -> Blocklist {
     let mut pairs = vec![
         ("DATABASE_URL", "postgres://unused"),
-        ("EVENT_BUS_URL", "http://event-bus-srv:4005"),
+        ("EVENT_BUS_URL", "http://event-bus-srv"),
     ];
     if let Some(value) = value {
         pairs.push(("MODERATION_BLOCKLIST", value));

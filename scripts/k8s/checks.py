@@ -2,19 +2,30 @@
 """Offline checks of the Kubernetes manifests, the Dockerfiles and skaffold.yaml.
 
 Run through scripts/check-k8s, which provides the tools (a venv from
-scripts/k8s/requirements.txt). Every check takes the root of a checkout, so the
-self-test (test_checks.py) can run it on a deliberately broken copy.
+scripts/k8s/requirements.txt) and the topology. Every check takes the root of a
+checkout, so the self-test (test_checks.py) can run it on a deliberately broken copy.
 
-    checks.py [--root DIR] [--only NAME ...]
+    checks.py --topology FILE [--root DIR] [--only NAME ...]
+
+The topology is the one place the services are written down: each service's name,
+Deployment, image, Service, port, database, whether it consumes events and the env vars
+its binary reads, the client's Deployment, image, Service and port, and the table of
+public routes. It is declared in the Rust code and printed by `devstack topology
+--json`; scripts/check-k8s runs that (or takes the file named by MICROBLOG_TOPOLOGY) and
+passes the JSON here as FILE. Nothing in this file repeats it: the manifests, the
+Dockerfiles and skaffold.yaml are checked against it.
 
 Checks, each failing the run on a real mistake:
   schema     every manifest against the Kubernetes OpenAPI schema, strict (unknown
              fields and wrong types rejected; a kind without a schema is a failure)
-  refs       what no schema sees: selectors, Ingress backends and routing, images vs
-             skaffold artifacts and Dockerfile stages, Secret/ConfigMap keys, the env
-             vars the Rust code reads vs each Deployment, DATABASE_URL vs its
-             database, service URLs, probe and policy ports, NetworkPolicy selectors,
-             labels, the Docker build context
+  refs       what no schema sees: selectors, Ingress backends and the topology's
+             routes, images vs skaffold artifacts and Dockerfile stages, Secret/ConfigMap
+             keys, the env vars the Rust code reads vs the topology vs each Deployment,
+             DATABASE_URL vs its database, service URLs, probe and policy ports,
+             NetworkPolicy selectors, labels, the Docker build context; and the
+             topology vs the manifests (Deployments, images, ports, Services,
+             databases, the bus's subscribers), the code (which services consume
+             events) and the Dockerfiles (one stage per service, the services built)
   checkov    policy scan of manifests and Dockerfiles; accepted findings only from
              infra/checks/checkov-skips.yaml, each with its reason
   hadolint   every Dockerfile, failure threshold warning, ignores only in .hadolint.yaml
@@ -54,35 +65,23 @@ SKAFFOLD_SCHEMA = HERE / "schemas" / "skaffold-v4beta14.json"
 CHECKOV_SKIPS = "infra/checks/checkov-skips.yaml"
 HADOLINT_CONFIG = ".hadolint.yaml"
 
-# ---------------------------------------------------------------------------------
-# What each Rust binary reads from the environment at start-up: the one place this is
-# written down. The refs check greps the sources too (see ENV_READ_PATTERNS), so a
-# variable added to the code but not here, or here but not in the Deployment, fails.
-COMMON_ENV = {"PORT", "DATABASE_URL", "LOG_FORMAT", "RUST_LOG", "EVENT_BUS_TOKEN"}
-BUS_USER_ENV = COMMON_ENV | {"EVENT_BUS_URL"}
-SERVICE_ENV: dict[str, set[str]] = {
-    "posts": BUS_USER_ENV,
-    "comments": BUS_USER_ENV,
-    "query": BUS_USER_ENV,
-    "moderation": BUS_USER_ENV | {"MODERATION_BLOCKLIST"},
-    "event-bus": COMMON_ENV
-    | {"EVENT_BUS_SUBSCRIBERS", "EVENT_BUS_BATCH_SIZE", "EVENT_BUS_RETRY_MAX_MS"},
-}
+ROOT_DOCKERFILE = "Dockerfile"  # every Rust service's image, one stage per service
+
 # A variable the code reads with a default may be left out of its Deployment only if
 # it is listed here, per service, with the reason. Everything else must be set.
 OPTIONAL_UNSET: dict[str, dict[str, str]] = {
     # e.g. "query": {"RUST_LOG": "the built-in filter is what we want in the cluster"},
 }
-# The Deployment that runs each binary, and the source directories of the binary's own
-# crate; common/src is shared by all of them.
-SERVICE_DEPLOYMENT = {name: f"{name}-depl" for name in SERVICE_ENV}
-SHARED_SOURCES = ["common/src"]
-# Test support is compiled only into tests (feature test-support), never into a binary;
-# pg_cluster runs PostgreSQL from the machine's binaries for the tests, the load tool and
-# the local runner (devstack), and no service calls it.
-EXCLUDED_SOURCES = ["common/src/testing", "common/src/pg_cluster.rs"]
+# Which variables each binary reads is the topology's `env`; the refs check greps the
+# sources too (the patterns below), so a variable added to the code but not to the
+# topology, or to the topology but not to the Deployment, fails. The sources of a binary
+# are its own crate's (<service>/src) and those of the crates every service links:
+SHARED_SOURCES = ["contract/src", "service-kit/src"]
+# Nothing in them is left out: test support (testkit/) and the PostgreSQL launcher of
+# the tests, the load tool and the local runner (harness/) are crates no service links.
+EXCLUDED_SOURCES: list[str] = []
 
-# How the code reads a variable: common::config::Env's accessors with a literal or a
+# How the code reads a variable: service-kit's config::Env accessors with a literal or a
 # `const NAME: &str = "…"`, std::env::var, and tracing's EnvFilter (RUST_LOG).
 ENV_ACCESSOR = re.compile(
     r"\.(?:required|optional|parsed_or|url)\(\s*(?:\"(?P<lit>[A-Z][A-Z0-9_]*)\"|(?P<ident>[A-Z][A-Z0-9_]*))\s*[,)]"
@@ -94,25 +93,9 @@ ENV_CONST = re.compile(
 ENV_FILTER_DEFAULT = re.compile(r"EnvFilter::(?:try_)?from_default_env\s*\(")
 
 # The Ingress's contract (course-compatible; the local gateway applies the same file).
+# What must route where is the topology's `routes`.
 INGRESS_FILE = "ingress-srv.yaml"
 INGRESS_ALLOWED_ANNOTATIONS = {"nginx.ingress.kubernetes.io/use-regex": "true"}
-INGRESS_ROUTES = [
-    # (request path, Service that must answer it)
-    ("/posts/create", "posts-clusterip-srv"),
-    ("/posts/0190b8a4/comments", "comments-srv"),
-    ("/posts/abc123/comments", "comments-srv"),
-    ("/posts", "query-srv"),
-    ("/posts/", "query-srv"),
-    ("/posts/0190b8a4", "query-srv"),
-    ("/posts/stream", "query-srv"),
-    ("/", "client-srv"),
-    ("/index.html", "client-srv"),
-    ("/assets/index-abc.js", "client-srv"),
-    # The bus and every service's delivery endpoint are never public.
-    ("/events", "client-srv"),
-    ("/events/", "client-srv"),
-    ("/subscriptions", "client-srv"),
-]
 
 REQUIRED_LABELS = ["app", "app.kubernetes.io/name", "app.kubernetes.io/component"]
 PART_OF = ("app.kubernetes.io/part-of", "microblog")
@@ -146,6 +129,128 @@ class Report:
 
     def error(self, message: str) -> None:
         self.errors.append(message)
+
+
+# ---------------------------------------------------------------------------------- topology
+TOPOLOGY_SOURCE = "devstack topology --json"
+TOPOLOGY_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")  # a crate directory, a DNS label
+
+
+class TopologyError(Exception):
+    """The topology file is unreadable or not in the format of `devstack topology --json`."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What runs in one Deployment, per the topology: a Rust service or the client."""
+
+    name: str
+    k8s_service: str
+    deployment: str
+    image: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Workload):
+    database: str
+    consumes_events: bool
+    env: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Topology:
+    services: dict[str, ServiceSpec]  # by name, in the topology's order
+    client: Workload
+    routes: list[tuple[str, str]]  # (request path, Service that must answer it)
+
+    def workloads(self) -> list[Workload]:
+        return [*self.services.values(), self.client]
+
+    def consumers(self) -> set[str]:
+        return {name for name, s in self.services.items() if s.consumes_events}
+
+    def bus(self) -> ServiceSpec | None:
+        """The service that delivers events: the one that reads EVENT_BUS_SUBSCRIBERS."""
+        buses = [s for s in self.services.values() if "EVENT_BUS_SUBSCRIBERS" in s.env]
+        return buses[0] if len(buses) == 1 else None
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TopologyError(f"cannot read it: {exc}") from exc
+
+    def need(obj, key: str, kind: str, where: str):
+        if not isinstance(obj, dict) or key not in obj:
+            raise TopologyError(f"{where}: {key!r} missing")
+        value = obj[key]
+        if kind == "name":
+            ok = isinstance(value, str) and TOPOLOGY_NAME.fullmatch(value) is not None
+        elif kind == "str":
+            ok = isinstance(value, str) and value != ""
+        elif kind == "port":
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "names":
+            ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+        elif kind == "object":
+            ok = isinstance(value, dict)
+        else:
+            ok = isinstance(value, list)
+        if not ok:
+            raise TopologyError(f"{where}: {key!r} is not a valid {kind}: {value!r}")
+        return value
+
+    def workload(obj, where: str) -> dict:
+        return {
+            "name": need(obj, "name", "name", where),
+            "k8s_service": need(obj, "k8sService", "name", where),
+            "deployment": need(obj, "deployment", "name", where),
+            "image": need(obj, "image", "str", where),
+            "port": need(obj, "port", "port", where),
+        }
+
+    services: dict[str, ServiceSpec] = {}
+    for i, obj in enumerate(need(data, "services", "list", "the topology")):
+        where = f"services[{i}]"
+        env = need(obj, "env", "names", where)
+        spec = ServiceSpec(
+            **workload(obj, where),
+            database=need(obj, "database", "str", where),
+            consumes_events=need(obj, "consumesEvents", "bool", where),
+            env=frozenset(env),
+        )
+        if len(set(env)) != len(env):
+            raise TopologyError(f"{where} ({spec.name}): env lists a variable twice")
+        if spec.name in services:
+            raise TopologyError(f"{where}: service {spec.name} is listed twice")
+        services[spec.name] = spec
+    if not services:
+        raise TopologyError("no services")
+    client = Workload(**workload(need(data, "client", "object", "the topology"), "client"))
+    workloads = [*services.values(), client]
+    for attr, what in (("k8s_service", "Service"), ("deployment", "Deployment"), ("image", "image"), ("port", "port")):
+        seen: dict[object, str] = {}
+        for w in workloads:
+            value = getattr(w, attr)
+            if value in seen:
+                raise TopologyError(f"{w.name} and {seen[value]} have the same {what} {value}")
+            seen[value] = w.name
+    names = {w.k8s_service for w in workloads}
+    routes = []
+    for i, obj in enumerate(need(data, "routes", "list", "the topology")):
+        route = (need(obj, "path", "str", f"routes[{i}]"), need(obj, "service", "name", f"routes[{i}]"))
+        if not route[0].startswith("/"):
+            raise TopologyError(f"routes[{i}]: the path {route[0]!r} does not start with /")
+        if route[1] not in names:
+            raise TopologyError(f"routes[{i}]: {route[0]} goes to {route[1]}, which is no Service of the topology")
+        routes.append(route)
+    if not routes:
+        raise TopologyError("no routes")
+    return Topology(services, client, routes)
 
 
 def manifest_files(root: Path) -> list[Path]:
@@ -214,7 +319,7 @@ def selects(selector: dict, labels: dict) -> bool:
 
 
 # ---------------------------------------------------------------------------------- schema
-def check_schema(root: Path, report: Report) -> None:
+def check_schema(root: Path, _topology: Topology, report: Report) -> None:
     for res in load_manifests(root, report):
         for version in K8S_VERSIONS:
             try:
@@ -244,7 +349,7 @@ def load_skaffold(root: Path, report: Report) -> dict | None:
     return config
 
 
-def check_skaffold(root: Path, report: Report) -> None:
+def check_skaffold(root: Path, _topology: Topology, report: Report) -> None:
     config = load_skaffold(root, report)
     if config is None:
         return
@@ -264,13 +369,161 @@ def check_skaffold(root: Path, report: Report) -> None:
 
 
 # ---------------------------------------------------------------------------------- refs
-def dockerfile_stages(path: Path) -> set[str]:
-    stages = set()
-    for line in path.read_text().splitlines():
-        m = re.match(r"\s*FROM\s+\S+(?:\s+AS\s+(\S+))?\s*$", line, re.IGNORECASE)
-        if m and m.group(1):
-            stages.add(m.group(1).lower())
+@dataclass
+class Stage:
+    name: str  # lower case; "" when the stage has no AS
+    instructions: list[tuple[str, str]]  # (INSTRUCTION, its arguments), FROM first
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """The instructions of a Dockerfile, continuation lines joined, comments dropped."""
+    instructions = []
+    current = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        # A comment or an empty line ends no instruction, even inside a continuation.
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        m = re.match(r"(\S+)\s*(.*)", current + stripped, re.DOTALL)
+        if m:
+            instructions.append((m.group(1).upper(), m.group(2).strip()))
+        current = ""
+    if current.strip():
+        m = re.match(r"(\S+)\s*(.*)", current.strip(), re.DOTALL)
+        if m:
+            instructions.append((m.group(1).upper(), m.group(2).strip()))
+    return instructions
+
+
+def dockerfile_stage_list(path: Path) -> list[Stage]:
+    stages: list[Stage] = []
+    for instruction, args in dockerfile_instructions(path.read_text()):
+        if instruction == "FROM":
+            m = re.fullmatch(r"(?:--\S+\s+)*\S+(?:\s+AS\s+(\S+))?", args, re.IGNORECASE)
+            stages.append(Stage((m.group(1) or "").lower() if m else "", []))
+        if stages:
+            stages[-1].instructions.append((instruction, args))
     return stages
+
+
+def dockerfile_stages(path: Path) -> set[str]:
+    return {s.name for s in dockerfile_stage_list(path) if s.name}
+
+
+def exposed_ports(args: str) -> list[str]:
+    """EXPOSE's ports without their protocol: `80/tcp 53/udp` -> ["80", "53"]."""
+    return [p.split("/", 1)[0] for p in args.split()]
+
+
+def check_dockerfiles(root: Path, topology: Topology, artifacts: dict, report: Report) -> None:
+    """The root Dockerfile against the topology: one stage per service and no other
+    service stage, the one cargo build and the loop collecting the binaries name exactly
+    the topology's services, and no EXPOSE (the port is the topology's, and Kubernetes
+    ignores EXPOSE). The client's image: any EXPOSE, and its nginx's listen, are the
+    topology's client port."""
+    path = root / ROOT_DOCKERFILE
+    if not path.is_file():
+        report.error(f"{ROOT_DOCKERFILE} does not exist")
+        return
+    names = set(topology.services)
+    stages = dockerfile_stage_list(path)
+    by_name = {s.name: s for s in stages if s.name}
+
+    def instructions(stage: Stage, wanted: str) -> list[str]:
+        return [args for instruction, args in stage.instructions if instruction == wanted]
+
+    # A service stage is one that starts something: it has an ENTRYPOINT or CMD of its own.
+    service_stages = {s.name for s in stages if instructions(s, "ENTRYPOINT") or instructions(s, "CMD")}
+    for name in sorted(names - set(by_name)):
+        report.error(f"{ROOT_DOCKERFILE}: no stage {name}, but {name} is a service of the topology ({TOPOLOGY_SOURCE})")
+    for name in sorted(names & set(by_name) - service_stages):
+        report.error(f"{ROOT_DOCKERFILE}: stage {name} has no ENTRYPOINT, so it is no image of the service {name}")
+    for name in sorted(service_stages - names):
+        report.error(
+            f"{ROOT_DOCKERFILE}: stage {name or '(unnamed)'} is a service image (it has an ENTRYPOINT), "
+            f"but the topology has no service {name or '(unnamed)'}: services are {sorted(names)}"
+        )
+    for name in sorted(names & service_stages):
+        for entrypoint in instructions(by_name[name], "ENTRYPOINT"):
+            try:
+                argv = json.loads(entrypoint)
+            except json.JSONDecodeError:
+                argv = entrypoint.split()
+            binary = argv[0] if isinstance(argv, list) and argv and isinstance(argv[0], str) else ""
+            if binary.rsplit("/", 1)[-1] != name:
+                report.error(f"{ROOT_DOCKERFILE}: stage {name}'s ENTRYPOINT {entrypoint} does not run the binary {name}")
+    for stage in stages:
+        for args in instructions(stage, "EXPOSE"):
+            report.error(
+                f"{ROOT_DOCKERFILE}: stage {stage.name or '(unnamed)'} has EXPOSE {args}: the root Dockerfile "
+                f"declares no ports (a service's port is the topology's; its Deployment sets PORT and "
+                f"containerPort, and Kubernetes ignores EXPOSE)"
+            )
+
+    runs = [args for s in stages for args in instructions(s, "RUN")]
+
+    def compare(what: str, found: list[str]) -> None:
+        listed = set(found)
+        if listed != names:
+            missing = ", ".join(sorted(names - listed)) or "none"
+            extra = ", ".join(sorted(listed - names)) or "none"
+            report.error(
+                f"{ROOT_DOCKERFILE}: {what} lists {sorted(listed)}, but the topology's services are "
+                f"{sorted(names)} (missing: {missing}; not in the topology: {extra})"
+            )
+
+    builds = [m.group(1) for run in runs for m in re.finditer(r"\bcargo\s+build\b([^;&|]*)", run)]
+    if len(builds) != 1:
+        report.error(f"{ROOT_DOCKERFILE}: expected one `cargo build` (of all the service binaries), found {len(builds)}")
+    else:
+        compare("the `cargo build` (-p ...)", re.findall(r"(?:^|\s)(?:-p|--package)(?:\s+|=)([A-Za-z0-9_-]+)", builds[0]))
+    loops = [m.group(1) for run in runs for m in re.finditer(r"\bfor\s+bin\s+in\s+([^;]*?)\s*;\s*do\b", run)]
+    if len(loops) != 1:
+        report.error(f"{ROOT_DOCKERFILE}: expected one `for bin in ...; do` collecting the binaries, found {len(loops)}")
+    else:
+        compare("the `for bin in` loop", loops[0].split())
+
+    # skaffold builds each service's image from its stage of the root Dockerfile.
+    for w in topology.workloads():
+        art = artifacts.get(w.image)
+        if art is None:
+            report.error(f"{SKAFFOLD_FILE}: no artifact builds {w.image}, the image of {w.name} in the topology")
+            continue
+        docker = art.get("docker") or {}
+        if w.name not in topology.services:
+            continue
+        dockerfile = Path(art.get("context") or ".") / (docker.get("dockerfile") or "Dockerfile")
+        if os.path.normpath(dockerfile) != ROOT_DOCKERFILE or docker.get("target") != w.name:
+            report.error(
+                f"{SKAFFOLD_FILE}: artifact {w.image} builds target {docker.get('target')!r} of {dockerfile}, "
+                f"not stage {w.name} of {ROOT_DOCKERFILE}"
+            )
+
+    # The client's image, from its artifact: EXPOSE (optional) and nginx's port.
+    client = topology.client
+    art = artifacts.get(client.image)
+    if art is None:
+        return
+    context = root / (art.get("context") or ".")
+    dockerfile = context / ((art.get("docker") or {}).get("dockerfile") or "Dockerfile")
+    if dockerfile.is_file():
+        for stage in dockerfile_stage_list(dockerfile):
+            for args in instructions(stage, "EXPOSE"):
+                if exposed_ports(args) != [str(client.port)]:
+                    report.error(
+                        f"{dockerfile.relative_to(root)}: EXPOSE {args}, but the topology's client port is {client.port}"
+                    )
+    nginx = context / "nginx.conf"
+    if nginx.is_file():
+        listens = re.findall(r"^\s*listen\s+([^;\s]+)[^;]*;", nginx.read_text(), re.MULTILINE)
+        ports = [listen.rsplit(":", 1)[-1] for listen in listens]
+        if not ports or any(p != str(client.port) for p in ports):
+            report.error(
+                f"{nginx.relative_to(root)}: nginx listens on {ports or 'nothing'}, but the topology's client port is {client.port}"
+            )
 
 
 def image_name(image: str) -> tuple[str, bool]:
@@ -312,7 +565,7 @@ def rel_paths(root: Path, paths: set[str]) -> str:
     return ", ".join(sorted(str(Path(p).relative_to(root)) for p in paths))
 
 
-def check_refs(root: Path, report: Report) -> None:
+def check_refs(root: Path, topology: Topology, report: Report) -> None:
     resources = load_manifests(root, report)
     by_kind: dict[str, list[Resource]] = {}
     for res in resources:
@@ -409,7 +662,7 @@ def check_refs(root: Path, report: Report) -> None:
             elif not service_port(name, port, ing.namespace):
                 report.error(f"{ing}: backend {name}:{port} is not a port of Service {name}")
         if Path(ing.file).name == INGRESS_FILE:
-            check_ingress_contract(ing, paths, report)
+            check_ingress_contract(ing, paths, topology, report)
 
     # Images: every one is built by skaffold (or pinned from a registry); every
     # artifact is used; every target is a stage of its Dockerfile.
@@ -449,6 +702,7 @@ def check_refs(root: Path, report: Report) -> None:
                 )
     for image in sorted(set(artifacts) - used_artifacts):
         report.error(f"{SKAFFOLD_FILE}: artifact {image} is built but no manifest uses it")
+    check_dockerfiles(root, topology, artifacts, report)
     raw = ((skaffold.get("manifests") or {}).get("rawYaml")) or []
     applied = {Path(p).resolve() for pattern in raw for p in glob.glob(str(root / pattern))}
     for path in manifest_files(root):
@@ -537,64 +791,81 @@ def check_refs(root: Path, report: Report) -> None:
                 values[name] = None  # fieldRef / resourceFieldRef: set, value unknown
         return values
 
-    # Environment: every variable the code reads is set in its Deployment, and the
-    # Deployment sets nothing the code does not read (a typo would go unnoticed).
+    # Environment: every variable the code reads is in the topology's env of its service
+    # and set in its Deployment, and the Deployment sets nothing the code does not read
+    # (a typo would go unnoticed). The Deployment, its container, the Service and the
+    # database are the topology's too.
+    for rel in SHARED_SOURCES:
+        if not (root / rel).is_dir():
+            report.error(f"{rel}/ does not exist (SHARED_SOURCES in scripts/k8s/checks.py: the crates every service links)")
     shared_reads = env_reads(root, SHARED_SOURCES)
-    table_vars = set().union(*SERVICE_ENV.values())
+    table_vars = set().union(*(s.env for s in topology.services.values()))
     for name, files in sorted(shared_reads.items()):
         if name.startswith("<unresolved"):
             report.error(f"{rel_paths(root, files)}: reads an environment variable through {name[12:-1]}, a name this check cannot resolve")
         elif name not in table_vars:
             report.error(
-                f"{rel_paths(root, files)}: reads {name}, which no service lists in SERVICE_ENV "
-                f"(scripts/k8s/checks.py): add it for the services that read it, and set it in their Deployments"
+                f"{rel_paths(root, files)}: reads {name}, which no service's env in the topology lists "
+                f"({TOPOLOGY_SOURCE}): add it for the services that read it, and set it in their Deployments"
             )
     all_reads = dict(shared_reads)
-    for service, expected in SERVICE_ENV.items():
-        own_reads = env_reads(root, [f"{service}/src"])
+    for service in topology.services.values():
+        expected = service.env
+        if not (root / service.name / "src").is_dir():
+            report.error(f"{service.name}/src/ does not exist, but {service.name} is a service of the topology ({TOPOLOGY_SOURCE})")
+        own_reads = env_reads(root, [f"{service.name}/src"])
         for name, files in own_reads.items():
             all_reads.setdefault(name, set()).update(files)
             if name.startswith("<unresolved"):
                 report.error(f"{rel_paths(root, files)}: reads an environment variable through {name[12:-1]}, a name this check cannot resolve")
             elif name not in expected:
                 report.error(
-                    f"{rel_paths(root, files)}: reads {name}, but SERVICE_ENV[{service!r}] "
-                    f"(scripts/k8s/checks.py) does not list it"
+                    f"{rel_paths(root, files)}: reads {name}, but the topology's env of {service.name!r} "
+                    f"({TOPOLOGY_SOURCE}) does not list it"
                 )
-        depl = find("Deployment", SERVICE_DEPLOYMENT[service])
-        if depl is None:
-            report.error(f"Deployment {SERVICE_DEPLOYMENT[service]} (runs {service}) does not exist")
+        found = check_workload(service, find, pods_selected, report)
+        if found is None:
             continue
-        spec = pod_spec(depl) or {}
-        main = [c for c in spec.get("containers") or [] if c.get("image") == f"microblog/{service}"]
-        if len(main) != 1:
-            report.error(f"{depl}: expected one container with image microblog/{service}")
-            continue
-        values = env_values(depl, main[0])
-        optional = OPTIONAL_UNSET.get(service, {})
+        depl, container = found
+        values = env_values(depl, container)
+        optional = OPTIONAL_UNSET.get(service.name, {})
         for name in sorted(expected):
             if name in values:
                 if values[name] == "":
-                    report.error(f"{depl}: {name} is set to an empty value, which {service} reads as unset")
+                    report.error(f"{depl}: {name} is set to an empty value, which {service.name} reads as unset")
             elif name in optional:
                 if not optional[name].strip():
-                    report.error(f"OPTIONAL_UNSET[{service!r}][{name!r}] has no reason")
+                    report.error(f"OPTIONAL_UNSET[{service.name!r}][{name!r}] has no reason")
             else:
-                report.error(f"{depl}: {service} reads {name} at start-up but the Deployment does not set it")
+                report.error(f"{depl}: {service.name} reads {name} at start-up but the Deployment does not set it")
         for name in sorted(set(values) - expected):
-            report.error(f"{depl}: sets {name}, which {service} never reads (a typo, or a leftover?)")
+            report.error(f"{depl}: sets {name}, which {service.name} never reads (a typo, or a leftover?)")
         port = values.get("PORT")
-        ports = [p.get("containerPort") for p in main[0].get("ports") or []]
+        ports = [p.get("containerPort") for p in container.get("ports") or []]
         if port is not None and (not port.isdigit() or int(port) not in ports):
             report.error(f"{depl}: PORT={port} is not the container's port {ports}")
+        if port is not None and port != str(service.port):
+            report.error(f"{depl}: PORT={port}, but the topology's port of {service.name} is {service.port}")
         check_service_urls(depl, values, service_port, report)
-        check_subscribers(root, depl, values, report)
+        check_bus_urls(topology, depl, values, report)
         check_database_url(depl, values, find, by_kind, env_values, report)
+        check_database_name(service, depl, values, report)
     for name in sorted(table_vars - set(all_reads)):
         report.error(
-            f"SERVICE_ENV (scripts/k8s/checks.py) lists {name}, but no source in "
+            f"the topology's env ({TOPOLOGY_SOURCE}) lists {name}, but no source in "
             f"{', '.join(SHARED_SOURCES)} or <service>/src reads it"
         )
+    check_consumers(root, topology, report)
+
+    # The client and every Deployment: the topology's.
+    check_workload(topology.client, find, pods_selected, report)
+    known = {w.deployment: w.name for w in topology.workloads()}
+    for depl in by_kind.get("Deployment", []):
+        if depl.name not in known:
+            report.error(
+                f"{depl}: runs nothing the topology ({TOPOLOGY_SOURCE}) knows: its Deployments are "
+                f"{', '.join(sorted(known))}"
+            )
 
     # Probes: the port they use exists.
     for res in workloads:
@@ -650,7 +921,7 @@ def readable_data(obj: Resource) -> dict[str, str | None]:
     return values
 
 
-def check_ingress_contract(ing: Resource, paths: list[dict], report: Report) -> None:
+def check_ingress_contract(ing: Resource, paths: list[dict], topology: Topology, report: Report) -> None:
     annotations = (ing.doc.get("metadata") or {}).get("annotations") or {}
     if annotations != INGRESS_ALLOWED_ANNOTATIONS:
         report.error(
@@ -669,7 +940,7 @@ def check_ingress_contract(ing: Resource, paths: list[dict], report: Report) -> 
     # start; the longest path is tried first, and between equal lengths the greater string
     # (ingress-nginx sorts by path descending, then stably by length descending).
     ordered = sorted(paths, key=lambda p: (len(p.get("path") or ""), p.get("path") or ""), reverse=True)
-    for request, expected in INGRESS_ROUTES:
+    for request, expected in topology.routes:
         winner = None
         for p in ordered:
             try:
@@ -681,6 +952,56 @@ def check_ingress_contract(ing: Resource, paths: list[dict], report: Report) -> 
                 return
         if winner != expected:
             report.error(f"{ing}: {request} is routed to {winner}, expected {expected}")
+
+
+def check_workload(w: Workload, find, pods_selected, report: Report) -> tuple[Resource, dict] | None:
+    """The topology's Deployment of a service (or the client) runs one container of its
+    image on its port, and its Service answers on that port, in front of those pods
+    only. Returns the Deployment and that container."""
+    depl = find("Deployment", w.deployment)
+    if depl is None:
+        report.error(f"Deployment {w.deployment} (runs {w.name}, per the topology) does not exist")
+        return None
+    spec = pod_spec(depl) or {}
+    main = [c for c in spec.get("containers") or [] if c.get("image") == w.image]
+    if len(main) != 1:
+        report.error(f"{depl}: expected one container with image {w.image} (the topology's image of {w.name})")
+        return None
+    container = main[0]
+    container_ports = container.get("ports") or []
+    numbers = [p.get("containerPort") for p in container_ports]
+    if numbers != [w.port]:
+        report.error(
+            f"{depl}: container {container.get('name')} has containerPort {numbers}, but the topology's "
+            f"port of {w.name} is {w.port}"
+        )
+    svc = find("Service", w.k8s_service)
+    if svc is None:
+        report.error(f"Service {w.k8s_service} (in front of {w.name}, per the topology) does not exist")
+        return depl, container
+    svc_spec = svc.doc.get("spec") or {}
+    svc_ports = svc_spec.get("ports") or []
+    if [p.get("port") for p in svc_ports] != [w.port]:
+        report.error(
+            f"{svc}: port {[p.get('port') for p in svc_ports]}, but the topology's port of {w.name} is {w.port}"
+        )
+    selector = svc_spec.get("selector")
+    if selector:
+        selected = pods_selected({"matchLabels": selector}, svc.namespace)
+        if [r.name for r in selected] != [depl.name]:
+            report.error(
+                f"{svc}: selects the pods of {[str(r) for r in selected]}, but it is the Service of "
+                f"{w.name} (topology) and must select exactly those of {depl}"
+            )
+    for p in svc_ports:
+        target = p.get("targetPort", p.get("port"))
+        if isinstance(target, str):
+            target = next((cp.get("containerPort") for cp in container_ports if cp.get("name") == target), target)
+        if target != w.port:
+            report.error(
+                f"{svc}: port {p.get('port')} targets {target!r} in {depl}, not the topology's port of {w.name} ({w.port})"
+            )
+    return depl, container
 
 
 def check_service_urls(depl: Resource, values: dict, service_port, report: Report) -> None:
@@ -703,26 +1024,79 @@ def check_service_urls(depl: Resource, values: dict, service_port, report: Repor
             report.error(f"{depl}: {var}={url!r} names {service}:{port}, which is no Service port")
 
 
-def consumers(root: Path) -> set[str]:
-    """The services that take deliveries: their crate starts a consumer (POST /events)."""
+def consumers(root: Path, topology: Topology) -> set[str]:
+    """The services whose code takes deliveries: their crate starts a consumer (POST /events)."""
     return {
         name
-        for name in SERVICE_ENV
+        for name in topology.services
         if any("start_consumer(" in f.read_text() for f in (root / name / "src").rglob("*.rs"))
     }
 
 
-def check_subscribers(root: Path, depl: Resource, values: dict, report: Report) -> None:
+def check_consumers(root: Path, topology: Topology, report: Report) -> None:
+    """The topology's consumesEvents against the code (a start_consumer( call)."""
+    code = consumers(root, topology)
+    for name, service in topology.services.items():
+        if service.consumes_events and name not in code:
+            report.error(
+                f"the topology ({TOPOLOGY_SOURCE}) says {name} consumes events (consumesEvents: true), "
+                f"but no source in {name}/src calls start_consumer(: one of the two is wrong"
+            )
+        elif not service.consumes_events and name in code:
+            report.error(
+                f"the topology ({TOPOLOGY_SOURCE}) says {name} consumes no events (consumesEvents: false), "
+                f"but {name}/src calls start_consumer(: one of the two is wrong"
+            )
+
+
+def check_bus_urls(topology: Topology, depl: Resource, values: dict, report: Report) -> None:
+    """EVENT_BUS_SUBSCRIBERS names exactly the topology's consumers, each at its Service
+    and port; EVENT_BUS_URL is the bus's Service and port."""
+    def names_service(url: str, service: Workload) -> bool:
+        parts = urlsplit(url.strip())
+        try:
+            port = parts.port
+        except ValueError:
+            return False
+        return (parts.hostname or "").split(".")[0] == service.k8s_service and port == service.port
+
+    bus = topology.bus()
+    url = values.get("EVENT_BUS_URL")
+    if url and bus is not None and not names_service(url, bus):
+        report.error(
+            f"{depl}: EVENT_BUS_URL={url!r} is not the topology's Service of the bus, {bus.name} "
+            f"({bus.k8s_service}:{bus.port})"
+        )
     raw = values.get("EVENT_BUS_SUBSCRIBERS")
     if raw is None:
         return
-    named = {e.strip().partition("=")[0] for e in raw.split(",") if e.strip()}
-    expected = consumers(root)
+    entries = dict(e.strip().partition("=")[::2] for e in raw.split(",") if e.strip())
+    named = set(entries)
+    expected = topology.consumers()
     if named != expected:
         report.error(
-            f"{depl}: EVENT_BUS_SUBSCRIBERS names {sorted(named)}, but the services that "
-            f"consume events (start_consumer) are {sorted(expected)}: a subscriber without "
+            f"{depl}: EVENT_BUS_SUBSCRIBERS names {sorted(named)}, but the services that consume "
+            f"events (consumesEvents in the topology) are {sorted(expected)}: a subscriber without "
             "POST /events is retried forever, a consumer left out never gets an event"
+        )
+    for name, url in sorted(entries.items()):
+        service = topology.services.get(name)
+        if service is not None and not names_service(url, service):
+            report.error(
+                f"{depl}: EVENT_BUS_SUBSCRIBERS[{name}]={url!r} is not the topology's Service of {name} "
+                f"({service.k8s_service}:{service.port})"
+            )
+
+
+def check_database_name(service: ServiceSpec, depl: Resource, values: dict, report: Report) -> None:
+    url = values.get("DATABASE_URL")
+    if not url:
+        return
+    database = urlsplit(url).path.lstrip("/")
+    if database != service.database:
+        report.error(
+            f"{depl}: DATABASE_URL's database {database!r} is not the topology's database of "
+            f"{service.name} {service.database!r}"
         )
 
 
@@ -828,7 +1202,7 @@ def load_checkov_skips(root: Path, report: Report) -> list[dict]:
     return skips
 
 
-def check_checkov(root: Path, report: Report) -> None:
+def check_checkov(root: Path, _topology: Topology, report: Report) -> None:
     skips = load_checkov_skips(root, report)
     # Relative paths, so that resource ids read /Dockerfile, not the checkout's location.
     files = [str(p.relative_to(root)) for p in manifest_files(root) + dockerfiles(root)]
@@ -903,7 +1277,7 @@ def dockerfiles(root: Path) -> list[Path]:
     return sorted(set(found))
 
 
-def check_hadolint(root: Path, report: Report) -> None:
+def check_hadolint(root: Path, _topology: Topology, report: Report) -> None:
     files = dockerfiles(root)
     if not files:
         report.error("no Dockerfile found")
@@ -956,14 +1330,14 @@ CHECKS = {
 }
 
 
-def run_checks(root: Path, only: list[str] | None = None) -> dict[str, list[str]]:
+def run_checks(root: Path, topology: Topology, only: list[str] | None = None) -> dict[str, list[str]]:
     results = {}
     for name, check in CHECKS.items():
         if only and name not in only:
             continue
         report = Report()
         try:
-            check(root, report)
+            check(root, topology, report)
         except Exception as exc:  # noqa: BLE001 - a crashing check is a failing check
             report.error(f"the check crashed: {type(exc).__name__}: {exc}")
         results[name] = report.errors
@@ -973,11 +1347,22 @@ def run_checks(root: Path, only: list[str] | None = None) -> dict[str, list[str]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(HERE.parent.parent), help="root of the checkout to check")
+    parser.add_argument(
+        "--topology",
+        required=True,
+        metavar="FILE",
+        help=f"the services and routes, as JSON in the format of `{TOPOLOGY_SOURCE}`",
+    )
     parser.add_argument("--only", action="append", choices=list(CHECKS), help="run only this check (repeatable)")
     args = parser.parse_args()
     root = Path(args.root).resolve()
+    try:
+        topology = load_topology(Path(args.topology))
+    except TopologyError as exc:
+        print(f"checks.py: the topology {args.topology}: {exc}", file=sys.stderr)
+        return 2
     failed = 0
-    for name, errors in run_checks(root, args.only).items():
+    for name, errors in run_checks(root, topology, args.only).items():
         if errors:
             failed += 1
             print(f"FAIL {name}: {len(errors)} problem(s)")

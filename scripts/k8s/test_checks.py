@@ -3,15 +3,20 @@
 
 Copies what the checks read (manifests, Dockerfiles, skaffold.yaml, the Rust sources
 the env check greps, the skip lists) into a temporary directory, proves that the
-unbroken copy passes every check, then applies one breakage at a time and asserts
-that the check meant to catch it fails, naming the problem.
+unbroken copy passes every check against the topology, then applies one breakage at a
+time (to the copy, or to a copy of the topology) and asserts that the check meant to
+catch it fails, naming the problem.
 
-    test_checks.py [--root DIR]
+    test_checks.py --topology FILE [--root DIR]
+
+FILE is the topology in the format of `devstack topology --json`, as for checks.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import re
 import shutil
 import sys
@@ -25,23 +30,25 @@ import yaml
 
 import checks
 
-COPIED = [
-    "infra",
-    "skaffold.yaml",
-    "Dockerfile",
-    ".dockerignore",
-    ".hadolint.yaml",
-    "Cargo.toml",
-    "client/Dockerfile",
-    "client/nginx.conf",
-    "client/.dockerignore",
-    *checks.SHARED_SOURCES,
-    *[f"{service}/src" for service in checks.SERVICE_ENV],
-]
+
+def copied(topology: checks.Topology) -> list[str]:
+    return [
+        "infra",
+        "skaffold.yaml",
+        "Dockerfile",
+        ".dockerignore",
+        ".hadolint.yaml",
+        "Cargo.toml",
+        "client/Dockerfile",
+        "client/nginx.conf",
+        "client/.dockerignore",
+        *checks.SHARED_SOURCES,
+        *[f"{service}/src" for service in topology.services],
+    ]
 
 
-def copy_tree(src_root: Path, dst_root: Path) -> None:
-    for rel in COPIED:
+def copy_tree(src_root: Path, dst_root: Path, topology: checks.Topology) -> None:
+    for rel in copied(topology):
         src = src_root / rel
         dst = dst_root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +94,29 @@ def drop_block(root: Path, rel: str, key: str) -> None:
     path.write_text("".join(lines[:start] + lines[end:]))
 
 
+def drop_stage(root: Path, rel: str, name: str) -> None:
+    """Remove one stage (its FROM line up to the next FROM) from a Dockerfile."""
+    path = root / rel
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if re.match(rf"FROM\s+\S+\s+AS\s+{re.escape(name)}\s*$", line, re.IGNORECASE))
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"FROM\s", lines[i], re.IGNORECASE)), len(lines))
+    path.write_text("".join(lines[:start] + lines[end:]))
+
+
+def edit_shared(root: Path, old: str, new: str) -> None:
+    """Replace `old` by `new` in the shared crates' sources, wherever it is."""
+    found = [p for rel in checks.SHARED_SOURCES for p in sorted((root / rel).rglob("*.rs")) if old in p.read_text()]
+    if not found:
+        raise AssertionError(f"breakage does not apply: {old!r} is in no file of {', '.join(checks.SHARED_SOURCES)}")
+    for path in found:
+        edit(root, str(path.relative_to(root)), old, new)
+
+
+def service_of(topology: dict, name: str) -> dict:
+    """A service's entry in the topology's JSON."""
+    return next(s for s in topology["services"] if s["name"] == name)
+
+
 @dataclass
 class Case:
     name: str
@@ -94,6 +124,8 @@ class Case:
     breakage: Callable[[Path], None]
     # Each must appear in one of the check's error messages (regular expressions).
     expected: list[str]
+    # A breakage of the topology instead (or as well): edits a copy of its JSON.
+    topology_edit: Callable[[dict], None] | None = None
 
 
 def run_as_root(root: Path) -> None:
@@ -119,176 +151,373 @@ def broken_policies(root: Path) -> None:
     drop_block(root, "infra/k8s/client-depl.yaml", "readinessProbe")
 
 
-CASES = [
-    Case(
-        "an unknown field in a Deployment (a typo) is rejected by the strict schema",
-        "schema",
-        lambda r: edit(r, "infra/k8s/posts-depl.yaml", "  replicas: 1\n", "  replicas: 1\n  replica: 2\n"),
-        [r"Deployment/posts-depl.*Additional properties are not allowed \('replica' was unexpected\)"],
-    ),
-    Case(
-        "a wrong type (a port as a string) is rejected by the schema",
-        "schema",
-        lambda r: edit(r, "infra/k8s/comments-depl.yaml", "containerPort: 4001", 'containerPort: "4001"'),
-        [r"Deployment/comments-depl.*containerPort: '4001' is not of type 'integer'"],
-    ),
-    Case(
-        "a kind or apiVersion without a schema fails instead of warning",
-        "schema",
-        lambda r: edit(r, "infra/k8s/ingress-srv.yaml", "networking.k8s.io/v1", "networking.k8s.io/v1beta1"),
-        [r"Couldn't find schema for kind Ingress with api version networking.k8s.io/v1beta1"],
-    ),
-    Case(
-        "a Service whose selector matches no pod",
-        "refs",
-        lambda r: edit(r, "infra/k8s/query-depl.yaml", "  selector:\n    app: query\n", "  selector:\n    app: querry\n"),
-        [r"Service/query-srv.*selector \{'app': 'querry'\} matches no pod template"],
-    ),
-    Case(
-        "an Ingress backend naming a Service that does not exist",
-        "refs",
-        lambda r: edit(r, "infra/k8s/ingress-srv.yaml", "name: comments-srv", "name: comment-srv"),
-        [r"backend Service 'comment-srv' does not exist"],
-    ),
-    Case(
-        "an Ingress path that would expose the bus's /events",
-        "refs",
-        lambda r: edit(
-            r,
-            "infra/k8s/ingress-srv.yaml",
-            "          - path: /posts/create\n",
-            "          - path: /events\n            pathType: ImplementationSpecific\n"
-            "            backend:\n              service:\n                name: event-bus-srv\n"
-            "                port:\n                  number: 4005\n          - path: /posts/create\n",
+def cases(topology: checks.Topology) -> list[Case]:
+    """The breakages. Ports, Services and databases are the topology's, so that nothing
+    here repeats them."""
+    workloads = {w.name: w for w in topology.workloads()}
+    port = {name: w.port for name, w in workloads.items()}
+    srv = {name: w.k8s_service for name, w in workloads.items()}
+    wrong = max(port.values()) + 11  # a port nothing uses
+
+    def sub(name: str, at: int | None = None) -> str:
+        """A subscriber entry of EVENT_BUS_SUBSCRIBERS."""
+        return f"{name}=http://{srv[name]}:{port[name] if at is None else at}/events"
+
+    shared = "(?:" + "|".join(re.escape(s) for s in checks.SHARED_SOURCES) + r")/\S*\.rs"
+    return [
+        Case(
+            "an unknown field in a Deployment (a typo) is rejected by the strict schema",
+            "schema",
+            lambda r: edit(r, "infra/k8s/posts-depl.yaml", "  replicas: 1\n", "  replicas: 1\n  replica: 2\n"),
+            [r"Deployment/posts-depl.*Additional properties are not allowed \('replica' was unexpected\)"],
         ),
-        [r"/events is routed to event-bus-srv, expected client-srv"],
-    ),
-    Case(
-        "an image that skaffold does not build",
-        "refs",
-        lambda r: edit(r, "infra/k8s/posts-depl.yaml", "image: microblog/posts", "image: microblog/post"),
-        [r"image 'microblog/post' is not built by skaffold.yaml", r"artifact microblog/posts is built but no manifest uses it"],
-    ),
-    Case(
-        "a skaffold target that is no stage of the Dockerfile",
-        "refs",
-        lambda r: edit(r, "skaffold.yaml", "target: moderation", "target: moderator"),
-        [r"target 'moderator' is not a stage of Dockerfile"],
-    ),
-    Case(
-        "a Secret key that does not exist",
-        "refs",
-        lambda r: edit(r, "infra/k8s/moderation-depl.yaml", "key: DATABASE_URL", "key: DATABASE_ULR"),
-        [r"Secret 'moderation-db-credentials' has no key 'DATABASE_ULR'"],
-    ),
-    Case(
-        "a ConfigMap that does not exist",
-        "refs",
-        lambda r: edit(r, "infra/k8s/moderation-depl.yaml", "name: moderation-config\n                  key", "name: moderation-cfg\n                  key"),
-        [r"ConfigMap 'moderation-cfg' does not exist"],
-    ),
-    Case(
-        "an env var the code reads, missing from its Deployment",
-        "refs",
-        lambda r: drop_env(r, "infra/k8s/comments-depl.yaml", "EVENT_BUS_URL"),
-        [r"comments reads EVENT_BUS_URL at start-up but the Deployment does not set it"],
-    ),
-    Case(
-        "an env var newly read in the code, which the checker's table does not know",
-        "refs",
-        lambda r: edit(
-            r,
-            "moderation/src/lib.rs",
-            '.optional("MODERATION_BLOCKLIST")',
-            '.optional("MODERATION_BLOCKLIST").or(env.optional("MODERATION_ALLOWLIST"))',
+        Case(
+            "a wrong type (a port as a string) is rejected by the schema",
+            "schema",
+            lambda r: edit(r, "infra/k8s/comments-depl.yaml", f"containerPort: {port['comments']}", f'containerPort: "{port["comments"]}"'),
+            [rf"Deployment/comments-depl.*containerPort: '{port['comments']}' is not of type 'integer'"],
         ),
-        [r"moderation/src/lib.rs: reads MODERATION_ALLOWLIST, but SERVICE_ENV\['moderation'\]"],
-    ),
-    Case(
-        "an env var read through a const in the shared crate, unknown to the table",
-        "refs",
-        lambda r: edit(
-            r,
-            "common/src/config.rs",
-            'const NAME: &str = "EVENT_BUS_SUBSCRIBERS";',
-            'const NAME: &str = "EVENT_BUS_SUBSCRIBER_LIST";',
+        Case(
+            "a kind or apiVersion without a schema fails instead of warning",
+            "schema",
+            lambda r: edit(r, "infra/k8s/ingress-srv.yaml", "networking.k8s.io/v1", "networking.k8s.io/v1beta1"),
+            [r"Couldn't find schema for kind Ingress with api version networking.k8s.io/v1beta1"],
         ),
-        [r"common/src/config.rs: reads EVENT_BUS_SUBSCRIBER_LIST, which no service lists"],
-    ),
-    Case(
-        "a misspelt env var in a Deployment (set, but read by nothing)",
-        "refs",
-        lambda r: edit(r, "infra/k8s/query-depl.yaml", "- name: RUST_LOG", "- name: RUST_LOGS"),
-        [r"query reads RUST_LOG at start-up but the Deployment does not set it", r"sets RUST_LOGS, which query never reads"],
-    ),
-    Case(
-        "a DATABASE_URL whose password is not its database's",
-        "refs",
-        lambda r: edit(r, "infra/k8s/posts-db.yaml", "postgres://posts:posts-dev-password@", "postgres://posts:other@"),
-        [r"Deployment/posts-depl.*DATABASE_URL's password is not the one StatefulSet/posts-db"],
-    ),
-    Case(
-        "a subscriber URL naming no Service port",
-        "refs",
-        lambda r: edit(r, "infra/k8s/event-bus-depl.yaml", "http://query-srv:4002/events", "http://query-srv:4020/events"),
-        [r"EVENT_BUS_SUBSCRIBERS\[query\]='http://query-srv:4020/events' names query-srv:4020, which is no Service port"],
-    ),
-    Case(
-        "a subscriber that consumes no events (posts has no POST /events)",
-        "refs",
-        lambda r: edit(r, "infra/k8s/event-bus-depl.yaml", "    comments=http://comments-srv:4001/events,", "    posts=http://posts-clusterip-srv:4000/events,comments=http://comments-srv:4001/events,"),
-        [r"EVENT_BUS_SUBSCRIBERS names \['comments', 'moderation', 'posts', 'query'\], but the services that consume events"],
-    ),
-    Case(
-        "a NetworkPolicy selecting nothing",
-        "refs",
-        lambda r: edit(r, "infra/k8s/network-policies.yaml", "      app: moderation\n  policyTypes", "      app: moderator\n  policyTypes"),
-        [r"NetworkPolicy/moderation-allow.*podSelector .*'moderator'.* selects no pod template", r"Deployment/moderation-depl.*no NetworkPolicy allows any traffic"],
-    ),
-    Case(
-        "a workspace member left out of the Docker build context",
-        "refs",
-        lambda r: edit(r, ".dockerignore", "!loadtest/\n", ""),
-        [r"workspace member loadtest/ is not allowed into the build context"],
-    ),
-    Case(
-        "containers without limits, as root, writable root fs, no readiness probe",
-        "checkov",
-        broken_policies,
-        [
-            r"CKV_K8S_11 failed for Deployment\.default\.posts-depl",  # CPU limits
-            r"CKV_K8S_13 failed for Deployment\.default\.posts-depl",  # memory limits
-            r"CKV_K8S_23 failed for Deployment\.default\.comments-depl",  # root containers
-            r"CKV_K8S_22 failed for Deployment\.default\.query-depl",  # read-only root fs
-            r"CKV_K8S_9 failed for Deployment\.default\.client-depl",  # readiness probe
-        ],
-    ),
-    Case(
-        "a checkov skip without its reason",
-        "checkov",
-        unjustified_skip,
-        [r"skip #\d+ \(CKV_DOCKER_2\): a skip needs its reason written out", r"CKV_DOCKER_2 failed for Dockerfile"],
-    ),
-    Case(
-        "a Dockerfile with a :latest base and unpinned apt-get install",
-        "hadolint",
-        lambda r: (r / "Dockerfile").write_text(
-            (r / "Dockerfile").read_text()
-            + "\nFROM debian:latest AS extra\nRUN apt-get update && apt-get install -y curl\n"
+        Case(
+            "a Service whose selector matches no pod",
+            "refs",
+            lambda r: edit(r, "infra/k8s/query-depl.yaml", "  selector:\n    app: query\n", "  selector:\n    app: querry\n"),
+            [r"Service/query-srv.*selector \{'app': 'querry'\} matches no pod template"],
         ),
-        [r"DL3007", r"DL3008"],
+        Case(
+            "an Ingress backend naming a Service that does not exist",
+            "refs",
+            lambda r: edit(r, "infra/k8s/ingress-srv.yaml", "name: comments-srv", "name: comment-srv"),
+            [r"backend Service 'comment-srv' does not exist"],
+        ),
+        Case(
+            "an Ingress path that would expose the bus's /events",
+            "refs",
+            lambda r: edit(
+                r,
+                "infra/k8s/ingress-srv.yaml",
+                "          - path: /posts/create\n",
+                "          - path: /events\n            pathType: ImplementationSpecific\n"
+                f"            backend:\n              service:\n                name: {srv['event-bus']}\n"
+                f"                port:\n                  number: {port['event-bus']}\n          - path: /posts/create\n",
+            ),
+            [rf"/events is routed to {srv['event-bus']}, expected {srv['client']}"],
+        ),
+        Case(
+            "an image that skaffold does not build",
+            "refs",
+            lambda r: edit(r, "infra/k8s/posts-depl.yaml", "image: microblog/posts", "image: microblog/post"),
+            [r"image 'microblog/post' is not built by skaffold.yaml", r"artifact microblog/posts is built but no manifest uses it"],
+        ),
+        Case(
+            "a skaffold target that is no stage of the Dockerfile",
+            "refs",
+            lambda r: edit(r, "skaffold.yaml", "target: moderation", "target: moderator"),
+            [r"target 'moderator' is not a stage of Dockerfile"],
+        ),
+        Case(
+            "a Secret key that does not exist",
+            "refs",
+            lambda r: edit(r, "infra/k8s/moderation-depl.yaml", "key: DATABASE_URL", "key: DATABASE_ULR"),
+            [r"Secret 'moderation-db-credentials' has no key 'DATABASE_ULR'"],
+        ),
+        Case(
+            "a ConfigMap that does not exist",
+            "refs",
+            lambda r: edit(r, "infra/k8s/moderation-depl.yaml", "name: moderation-config\n                  key", "name: moderation-cfg\n                  key"),
+            [r"ConfigMap 'moderation-cfg' does not exist"],
+        ),
+        Case(
+            "an env var the code reads, missing from its Deployment",
+            "refs",
+            lambda r: drop_env(r, "infra/k8s/comments-depl.yaml", "EVENT_BUS_URL"),
+            [r"comments reads EVENT_BUS_URL at start-up but the Deployment does not set it"],
+        ),
+        Case(
+            "an env var newly read in the code, which the topology does not list",
+            "refs",
+            lambda r: edit(
+                r,
+                "moderation/src/lib.rs",
+                '.optional("MODERATION_BLOCKLIST")',
+                '.optional("MODERATION_BLOCKLIST").or(env.optional("MODERATION_ALLOWLIST"))',
+            ),
+            [r"moderation/src/lib.rs: reads MODERATION_ALLOWLIST, but the topology's env of 'moderation'"],
+        ),
+        Case(
+            "an env var read through a const in a shared crate, unknown to the topology",
+            "refs",
+            lambda r: edit_shared(
+                r,
+                'const NAME: &str = "EVENT_BUS_SUBSCRIBERS";',
+                'const NAME: &str = "EVENT_BUS_SUBSCRIBER_LIST";',
+            ),
+            [shared + r": reads EVENT_BUS_SUBSCRIBER_LIST, which no service's env in the topology lists"],
+        ),
+        Case(
+            "an env var in the topology that its Deployment does not set and no code reads",
+            "refs",
+            lambda r: None,
+            [
+                r"Deployment/moderation-depl.*moderation reads MODERATION_ALLOWLIST at start-up but the Deployment does not set it",
+                r"the topology's env .* lists MODERATION_ALLOWLIST, but no source .* reads it",
+            ],
+            topology_edit=lambda t: service_of(t, "moderation")["env"].append("MODERATION_ALLOWLIST"),
+        ),
+        Case(
+            "a misspelt env var in a Deployment (set, but read by nothing)",
+            "refs",
+            lambda r: edit(r, "infra/k8s/query-depl.yaml", "- name: RUST_LOG", "- name: RUST_LOGS"),
+            [r"query reads RUST_LOG at start-up but the Deployment does not set it", r"sets RUST_LOGS, which query never reads"],
+        ),
+        Case(
+            "a DATABASE_URL whose password is not its database's",
+            "refs",
+            lambda r: edit(r, "infra/k8s/posts-db.yaml", "postgres://posts:posts-dev-password@", "postgres://posts:other@"),
+            [r"Deployment/posts-depl.*DATABASE_URL's password is not the one StatefulSet/posts-db"],
+        ),
+        Case(
+            "a database renamed in DATABASE_URL and POSTGRES_DB alike, so only the topology disagrees",
+            "refs",
+            lambda r: (
+                edit(r, "infra/k8s/posts-db.yaml", f"/{topology.services['posts'].database}\n", "/blog\n"),
+                edit(
+                    r,
+                    "infra/k8s/posts-db.yaml",
+                    f"- name: POSTGRES_DB\n              value: {topology.services['posts'].database}\n",
+                    "- name: POSTGRES_DB\n              value: blog\n",
+                ),
+            ),
+            [rf"Deployment/posts-depl.*DATABASE_URL's database 'blog' is not the topology's database of posts '{topology.services['posts'].database}'"],
+        ),
+        Case(
+            "a Deployment on another port than the topology's (containerPort, PORT and its policy changed together)",
+            "refs",
+            lambda r: (
+                edit(r, "infra/k8s/comments-depl.yaml", f"containerPort: {port['comments']}\n", f"containerPort: {wrong}\n"),
+                edit(r, "infra/k8s/comments-depl.yaml", f'value: "{port["comments"]}"\n', f'value: "{wrong}"\n'),
+                edit(r, "infra/k8s/network-policies.yaml", f"port: {port['comments']}\n", f"port: {wrong}\n"),
+            ),
+            [
+                rf"Deployment/comments-depl.*containerPort \[{wrong}\], but the topology's port of comments is {port['comments']}",
+                rf"Deployment/comments-depl.*PORT={wrong}, but the topology's port of comments is {port['comments']}",
+            ],
+        ),
+        Case(
+            "a Service on another port than the topology's (the Ingress and the bus's URL changed with it)",
+            "refs",
+            lambda r: (
+                edit(r, "infra/k8s/comments-depl.yaml", f"      port: {port['comments']}\n      targetPort:", f"      port: {wrong}\n      targetPort:"),
+                edit(r, "infra/k8s/ingress-srv.yaml", f"number: {port['comments']}\n", f"number: {wrong}\n"),
+                edit(r, "infra/k8s/event-bus-depl.yaml", sub("comments"), sub("comments", wrong)),
+            ),
+            [
+                rf"Service/{srv['comments']}.*port \[{wrong}\], but the topology's port of comments is {port['comments']}",
+                rf"EVENT_BUS_SUBSCRIBERS\[comments\]=.* is not the topology's Service of comments \({srv['comments']}:{port['comments']}\)",
+            ],
+        ),
+        Case(
+            "the client's Service on another port than the topology's (the Ingress changed with it)",
+            "refs",
+            lambda r: (
+                edit(r, "infra/k8s/client-depl.yaml", f"      port: {port['client']}\n      targetPort:", f"      port: {wrong}\n      targetPort:"),
+                edit(r, "infra/k8s/ingress-srv.yaml", f"number: {port['client']}\n", f"number: {wrong}\n"),
+            ),
+            [rf"Service/{srv['client']}.*port \[{wrong}\], but the topology's port of client is {port['client']}"],
+        ),
+        Case(
+            "the client's image on another port than the topology's (EXPOSE and nginx's listen)",
+            "refs",
+            lambda r: (
+                edit(r, "client/Dockerfile", f"EXPOSE {port['client']}\n", f"EXPOSE {wrong}\n"),
+                edit(r, "client/nginx.conf", f"listen {port['client']};", f"listen {wrong};"),
+            ),
+            [
+                rf"client/Dockerfile: EXPOSE {wrong}, but the topology's client port is {port['client']}",
+                rf"client/nginx.conf: nginx listens on \['{wrong}'\], but the topology's client port is {port['client']}",
+            ],
+        ),
+        Case(
+            "a subscriber URL naming no Service port",
+            "refs",
+            lambda r: edit(r, "infra/k8s/event-bus-depl.yaml", sub("query"), sub("query", wrong)),
+            [re.escape(f"EVENT_BUS_SUBSCRIBERS[query]='http://{srv['query']}:{wrong}/events' names {srv['query']}:{wrong}, which is no Service port")],
+        ),
+        Case(
+            "the services' EVENT_BUS_URL naming a Service that is not the bus",
+            "refs",
+            lambda r: edit(
+                r,
+                "infra/k8s/microblog-config.yaml",
+                f"EVENT_BUS_URL: http://{srv['event-bus']}:{port['event-bus']}\n",
+                f"EVENT_BUS_URL: http://{srv['query']}:{port['query']}\n",
+            ),
+            [
+                rf"Deployment/posts-depl.*EVENT_BUS_URL='http://{srv['query']}:{port['query']}' is not the topology's "
+                rf"Service of the bus, event-bus \({srv['event-bus']}:{port['event-bus']}\)"
+            ],
+        ),
+        Case(
+            "a subscriber that consumes no events (posts has no POST /events)",
+            "refs",
+            lambda r: edit(r, "infra/k8s/event-bus-depl.yaml", f"    {sub('comments')},", f"    {sub('posts')},{sub('comments')},"),
+            [r"EVENT_BUS_SUBSCRIBERS names \['comments', 'moderation', 'posts', 'query'\], but the services that consume events"],
+        ),
+        Case(
+            "a consumer of the topology left out of EVENT_BUS_SUBSCRIBERS",
+            "refs",
+            lambda r: edit(r, "infra/k8s/event-bus-depl.yaml", f",{sub('moderation')}", ""),
+            [
+                r"EVENT_BUS_SUBSCRIBERS names \['comments', 'query'\], but the services that consume events "
+                r"\(consumesEvents in the topology\) are \['comments', 'moderation', 'query'\]"
+            ],
+        ),
+        Case(
+            "a topology that says posts consumes events, which its code does not",
+            "refs",
+            lambda r: None,
+            [r"the topology .* says posts consumes events \(consumesEvents: true\), but no source in posts/src calls start_consumer\("],
+            topology_edit=lambda t: service_of(t, "posts").update(consumesEvents=True),
+        ),
+        Case(
+            "a topology that says query consumes no events, which its code does",
+            "refs",
+            lambda r: None,
+            [r"the topology .* says query consumes no events \(consumesEvents: false\), but query/src calls start_consumer\("],
+            topology_edit=lambda t: service_of(t, "query").update(consumesEvents=False),
+        ),
+        Case(
+            "a service that the manifests and the Dockerfile still have, missing from the topology",
+            "refs",
+            lambda r: None,
+            [
+                r"Deployment/moderation-depl.*runs nothing the topology .* knows",
+                r"Dockerfile: stage moderation is a service image .*, but the topology has no service moderation",
+                r"Dockerfile: the `cargo build` \(-p \.\.\.\) lists .*not in the topology: moderation\)",
+            ],
+            topology_edit=lambda t: t.update(services=[s for s in t["services"] if s["name"] != "moderation"]),
+        ),
+        Case(
+            "a topology route that the Ingress sends elsewhere",
+            "refs",
+            lambda r: None,
+            [rf"/posts/create is routed to {srv['posts']}, expected {srv['query']}"],
+            topology_edit=lambda t: next(x for x in t["routes"] if x["path"] == "/posts/create").update(service=srv["query"]),
+        ),
+        Case(
+            "a service's stage missing from the Dockerfile",
+            "refs",
+            lambda r: drop_stage(r, "Dockerfile", "moderation"),
+            [r"Dockerfile: no stage moderation, but moderation is a service of the topology"],
+        ),
+        Case(
+            "a service left out of the Dockerfile's cargo build",
+            "refs",
+            lambda r: edit(r, "Dockerfile", " -p query", ""),
+            [r"Dockerfile: the `cargo build` \(-p \.\.\.\) lists .*\(missing: query;"],
+        ),
+        Case(
+            "a service left out of the binaries the Dockerfile collects",
+            "refs",
+            lambda r: edit(r, "Dockerfile", " query event-bus; do", " event-bus; do"),
+            [r"Dockerfile: the `for bin in` loop lists .*\(missing: query;"],
+        ),
+        Case(
+            "a service stage in the Dockerfile for no service of the topology",
+            "refs",
+            lambda r: (r / "Dockerfile").write_text(
+                (r / "Dockerfile").read_text()
+                + '\nFROM runtime AS search\nCOPY --from=build /out/search /usr/local/bin/search\nENTRYPOINT ["/usr/local/bin/search"]\n'
+            ),
+            [r"Dockerfile: stage search is a service image .*, but the topology has no service search"],
+        ),
+        Case(
+            "a service stage that starts another service's binary",
+            "refs",
+            lambda r: edit(r, "Dockerfile", 'ENTRYPOINT ["/usr/local/bin/query"]', 'ENTRYPOINT ["/usr/local/bin/posts"]'),
+            [r"Dockerfile: stage query's ENTRYPOINT .* does not run the binary query"],
+        ),
+        Case(
+            "a port written into the root Dockerfile again",
+            "refs",
+            lambda r: edit(r, "Dockerfile", "/usr/local/bin/posts\n", f"/usr/local/bin/posts\nEXPOSE {port['posts']}\n"),
+            [rf"Dockerfile: stage posts has EXPOSE {port['posts']}: the root Dockerfile declares no ports"],
+        ),
+        Case(
+            "a NetworkPolicy selecting nothing",
+            "refs",
+            lambda r: edit(r, "infra/k8s/network-policies.yaml", "      app: moderation\n  policyTypes", "      app: moderator\n  policyTypes"),
+            [r"NetworkPolicy/moderation-allow.*podSelector .*'moderator'.* selects no pod template", r"Deployment/moderation-depl.*no NetworkPolicy allows any traffic"],
+        ),
+        Case(
+            "a workspace member left out of the Docker build context",
+            "refs",
+            lambda r: edit(r, ".dockerignore", "!loadtest/\n", ""),
+            [r"workspace member loadtest/ is not allowed into the build context"],
+        ),
+        Case(
+            "containers without limits, as root, writable root fs, no readiness probe",
+            "checkov",
+            broken_policies,
+            [
+                r"CKV_K8S_11 failed for Deployment\.default\.posts-depl",  # CPU limits
+                r"CKV_K8S_13 failed for Deployment\.default\.posts-depl",  # memory limits
+                r"CKV_K8S_23 failed for Deployment\.default\.comments-depl",  # root containers
+                r"CKV_K8S_22 failed for Deployment\.default\.query-depl",  # read-only root fs
+                r"CKV_K8S_9 failed for Deployment\.default\.client-depl",  # readiness probe
+            ],
+        ),
+        Case(
+            "a checkov skip without its reason",
+            "checkov",
+            unjustified_skip,
+            [r"skip #\d+ \(CKV_DOCKER_2\): a skip needs its reason written out", r"CKV_DOCKER_2 failed for Dockerfile"],
+        ),
+        Case(
+            "a Dockerfile with a :latest base and unpinned apt-get install",
+            "hadolint",
+            lambda r: (r / "Dockerfile").write_text(
+                (r / "Dockerfile").read_text()
+                + "\nFROM debian:latest AS extra\nRUN apt-get update && apt-get install -y curl\n"
+            ),
+            [r"DL3007", r"DL3008"],
+        ),
+        Case(
+            "a skaffold.yaml with an unknown field",
+            "skaffold",
+            lambda r: edit(r, "skaffold.yaml", "    useBuildkit: true\n", "    useBuildkit: true\n    useBuildKit: true\n"),
+            [r"at build/local: Additional properties are not allowed \('useBuildKit' was unexpected\)"],
+        ),
+        Case(
+            "a skaffold.yaml with a wrong type",
+            "skaffold",
+            lambda r: edit(r, "skaffold.yaml", "    concurrency: 1\n", "    concurrency: one\n"),
+            [r"at build/local/concurrency: 'one' is not of type 'integer'"],
+        ),
+    ]
+
+
+# Topologies checks.py must refuse to work with: (what is wrong, the edit, the error).
+BAD_TOPOLOGIES: list[tuple[str, Callable[[dict], None], str]] = [
+    (
+        "two services on one port",
+        lambda t: service_of(t, "query").update(port=service_of(t, "posts")["port"]),
+        r"query and posts have the same port",
     ),
-    Case(
-        "a skaffold.yaml with an unknown field",
-        "skaffold",
-        lambda r: edit(r, "skaffold.yaml", "    useBuildkit: true\n", "    useBuildkit: true\n    useBuildKit: true\n"),
-        [r"at build/local: Additional properties are not allowed \('useBuildKit' was unexpected\)"],
+    (
+        "a route to a Service the topology does not have",
+        lambda t: t["routes"].append({"path": "/search", "service": "search-srv"}),
+        r"/search goes to search-srv, which is no Service of the topology",
     ),
-    Case(
-        "a skaffold.yaml with a wrong type",
-        "skaffold",
-        lambda r: edit(r, "skaffold.yaml", "    concurrency: 1\n", "    concurrency: one\n"),
-        [r"at build/local/concurrency: 'one' is not of type 'integer'"],
+    (
+        "a service without its port",
+        lambda t: service_of(t, "comments").pop("port"),
+        r"'port' missing",
     ),
 ]
 
@@ -296,8 +525,15 @@ CASES = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(checks.HERE.parent.parent))
+    parser.add_argument("--topology", required=True, metavar="FILE", help="as for checks.py")
     args = parser.parse_args()
     source = Path(args.root).resolve()
+    try:
+        topology = checks.load_topology(Path(args.topology))
+        topology_data = json.loads(Path(args.topology).read_text())
+    except checks.TopologyError as exc:
+        print(f"test_checks.py: the topology {args.topology}: {exc}", file=sys.stderr)
+        return 2
     passed, failed = 0, 0
 
     def outcome(ok: bool, name: str, detail: str = "") -> None:
@@ -310,22 +546,33 @@ def main() -> int:
             print(f"FAIL {name}\n     {detail}".rstrip())
 
     with tempfile.TemporaryDirectory(prefix="check-k8s-selftest-") as tmp:
+
+        def edited_topology(name: str, change: Callable[[dict], None]) -> Path:
+            data = copy.deepcopy(topology_data)
+            change(data)
+            path = Path(tmp) / f"{name}-topology.json"
+            path.write_text(json.dumps(data, indent=2))
+            return path
+
         pristine = Path(tmp) / "pristine"
-        copy_tree(source, pristine)
+        copy_tree(source, pristine, topology)
         started = time.monotonic()
-        results = checks.run_checks(pristine)
+        results = checks.run_checks(pristine, topology)
         problems = [f"{name}: {e}" for name, errors in results.items() for e in errors]
         outcome(not problems, f"the unbroken copy passes every check ({time.monotonic() - started:.1f}s)", "\n     ".join(problems))
 
-        for i, case in enumerate(CASES):
+        for i, case in enumerate(cases(topology)):
             root = Path(tmp) / f"case{i}"
             shutil.copytree(pristine, root)
+            case_topology = topology
             try:
                 case.breakage(root)
-            except (AssertionError, StopIteration) as exc:
+                if case.topology_edit is not None:
+                    case_topology = checks.load_topology(edited_topology(f"case{i}", case.topology_edit))
+            except (AssertionError, StopIteration, KeyError, checks.TopologyError) as exc:
                 outcome(False, f"{case.check}: {case.name}", f"the breakage did not apply: {exc}")
                 continue
-            errors = checks.run_checks(root, [case.check])[case.check]
+            errors = checks.run_checks(root, case_topology, [case.check])[case.check]
             missing = [p for p in case.expected if not any(re.search(p, e) for e in errors)]
             if not errors:
                 outcome(False, f"{case.check}: {case.name}", "the check passed on the broken copy")
@@ -339,6 +586,22 @@ def main() -> int:
             else:
                 outcome(True, f"{case.check} fails on {case.name}")
             shutil.rmtree(root)
+
+        for name, change, expected in BAD_TOPOLOGIES:
+            try:
+                path = edited_topology("bad", change)
+            except (KeyError, StopIteration) as exc:
+                outcome(False, f"topology: {name}", f"the breakage did not apply: {exc!r}")
+                continue
+            try:
+                checks.load_topology(path)
+            except checks.TopologyError as exc:
+                if re.search(expected, str(exc)):
+                    outcome(True, f"the topology is refused with {name}")
+                else:
+                    outcome(False, f"topology: {name}", f"refused, but not for the expected reason {expected!r}: {exc}")
+            else:
+                outcome(False, f"topology: {name}", "the topology was accepted")
 
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

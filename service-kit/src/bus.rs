@@ -34,7 +34,7 @@ pub struct BusClient {
 }
 
 impl BusClient {
-    /// `base_url` is the bus's root, e.g. `http://event-bus-srv:4005`.
+    /// `base_url` is the bus's root, e.g. `http://event-bus-srv`.
     pub fn new(base_url: &str, token: Option<String>) -> Self {
         Self {
             http: http_client(Duration::from_secs(10)),

@@ -165,8 +165,8 @@ mod tests {
 
     #[test]
     fn missing_database_url_is_named() {
-        let env = Env::from_pairs([("PORT", "4000")]);
-        let err = ServiceConfig::from_env(&env, 4000).unwrap_err();
+        let env = Env::from_pairs([("PORT", "7100")]);
+        let err = ServiceConfig::from_env(&env, 7100).unwrap_err();
         assert_eq!(err, ConfigError::Missing("DATABASE_URL"));
         assert!(err.to_string().contains("DATABASE_URL"));
     }
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn malformed_port_is_named_with_its_value() {
         let env = Env::from_pairs([("PORT", "forty"), ("DATABASE_URL", "postgres://x")]);
-        let err = ServiceConfig::from_env(&env, 4000).unwrap_err();
+        let err = ServiceConfig::from_env(&env, 7100).unwrap_err();
         assert!(
             matches!(err, ConfigError::Malformed { name: "PORT", .. }),
             "{err}"
@@ -185,8 +185,8 @@ mod tests {
     #[test]
     fn defaults_apply_when_unset() {
         let env = Env::from_pairs([("DATABASE_URL", "postgres://x"), ("EVENT_BUS_TOKEN", "")]);
-        let config = ServiceConfig::from_env(&env, 4005).unwrap();
-        assert_eq!(config.port, 4005);
+        let config = ServiceConfig::from_env(&env, 7105).unwrap();
+        assert_eq!(config.port, 7105);
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert_eq!(config.event_bus_token, None);
     }
@@ -195,7 +195,7 @@ mod tests {
     fn subscribers_parse_in_order() {
         let env = Env::from_pairs([(
             "EVENT_BUS_SUBSCRIBERS",
-            "query=http://query-srv:4002/events, comments=http://comments-srv:4001/events/",
+            "query=http://query-srv:7102/events, comments=http://comments-srv:7101/events/",
         )]);
         let subs = subscribers(&env).unwrap();
         assert_eq!(
@@ -203,11 +203,11 @@ mod tests {
             vec![
                 Subscriber {
                     name: "query".into(),
-                    url: "http://query-srv:4002/events".into()
+                    url: "http://query-srv:7102/events".into()
                 },
                 Subscriber {
                     name: "comments".into(),
-                    url: "http://comments-srv:4001/events".into()
+                    url: "http://comments-srv:7101/events".into()
                 },
             ]
         );
@@ -232,7 +232,7 @@ mod tests {
 }
 
 /// What every service that publishes or consumes events reads: its own settings plus
-/// where the bus is (`EVENT_BUS_URL`, e.g. `http://event-bus-srv:4005`).
+/// where the bus is (`EVENT_BUS_URL`, e.g. `http://event-bus-srv`).
 #[derive(Debug, Clone)]
 pub struct BusUserConfig {
     pub service: ServiceConfig,

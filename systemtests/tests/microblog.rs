@@ -5,34 +5,22 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use systemtests::{
-    comment_status, create_comment, create_post, get_json, http, open_live_stream, view, Stack,
-};
+use systemtests::{http, LiveStream, Microblog};
 use testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Reads Server-Sent Events `data:` lines until `count` changes arrived.
-async fn read_changes(mut response: reqwest::Response, count: usize) -> Vec<Value> {
-    let mut buffer = String::new();
+async fn read_changes(mut stream: LiveStream, count: usize) -> Vec<Value> {
     let mut changes = Vec::new();
     while changes.len() < count {
-        let chunk = tokio::time::timeout(WAIT, response.chunk())
+        let change = tokio::time::timeout(WAIT, stream.next_change())
             .await
             .expect("stream went quiet")
             .unwrap()
             .expect("stream ended");
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            for line in frame.lines() {
-                if let Some(data) = line.strip_prefix("data: ") {
-                    let value: Value = serde_json::from_str(data).unwrap();
-                    if value.get("type").is_some() {
-                        changes.push(value);
-                    }
-                }
-            }
+        if change.get("type").is_some() {
+            changes.push(change);
         }
     }
     changes
@@ -40,31 +28,28 @@ async fn read_changes(mut response: reqwest::Response, count: usize) -> Vec<Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_and_its_comments_reach_the_view_and_moderation_shows_live() {
-    let stack = Stack::start().await;
-    let stream = open_live_stream(&stack).await;
-    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let stack = Microblog::start().await;
+    let stream = stack.open_live_stream().await;
+    assert_eq!(stream.content_type(), Some("text/event-stream"));
 
-    let post = create_post(&stack, "  Hello, microblog  ").await;
+    let post = stack.create_post("  Hello, microblog  ").await;
     assert_eq!(post["title"], "Hello, microblog");
     let post_id = post["id"].as_str().unwrap().to_owned();
     // A fast user comments at once: the comments service waits briefly for the post.
-    let fine = create_comment(&stack, &post_id, "Nice post").await;
+    let fine = stack.create_comment(&post_id, "Nice post").await;
     assert_eq!(fine["status"], "pending");
-    let rejected = create_comment(&stack, &post_id, "I love ORANGE juice").await;
+    let rejected = stack.create_comment(&post_id, "I love ORANGE juice").await;
     let (fine_id, rejected_id) = (
         fine["id"].as_str().unwrap(),
         rejected["id"].as_str().unwrap(),
     );
 
     eventually(WAIT, "moderation results in the view", || async {
-        comment_status(&stack, &post_id, fine_id).await.as_deref() == Some("approved")
-            && comment_status(&stack, &post_id, rejected_id)
-                .await
-                .as_deref()
-                == Some("rejected")
+        stack.comment_status(&post_id, fine_id).await.as_deref() == Some("approved")
+            && stack.comment_status(&post_id, rejected_id).await.as_deref() == Some("rejected")
     })
     .await;
-    let whole = view(&stack).await;
+    let whole = stack.view().await;
     assert_eq!(whole[&post_id]["title"], "Hello, microblog");
     assert_eq!(
         whole[&post_id]["comments"],
@@ -73,16 +58,19 @@ async fn a_post_and_its_comments_reach_the_view_and_moderation_shows_live() {
             {"id": rejected_id, "content": "I love ORANGE juice", "status": "rejected"},
         ])
     );
-    let own: Value = get_json(&format!(
-        "{}/posts/{post_id}/comments",
-        stack.url("comments")
-    ))
-    .await;
+    let own: Value = stack
+        .get_json(&format!(
+            "{}/posts/{post_id}/comments",
+            stack.url("comments")
+        ))
+        .await;
     assert_eq!(
         own, whole[&post_id]["comments"],
         "the comments service disagrees with the view"
     );
-    let posts_own: Value = get_json(&format!("{}/posts", stack.url("posts"))).await;
+    let posts_own: Value = stack
+        .get_json(&format!("{}/posts", stack.url("posts")))
+        .await;
     assert_eq!(posts_own[&post_id]["title"], "Hello, microblog");
 
     // The stream carried every change, each comment's creation before its update.
@@ -112,7 +100,7 @@ async fn a_post_and_its_comments_reach_the_view_and_moderation_shows_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_course_format_event_posted_to_the_bus_shows_up_in_the_view() {
-    let stack = Stack::start().await;
+    let stack = Microblog::start().await;
     let response = http()
         .post(format!("{}/events", stack.url("event-bus")))
         .json(&json!({"type": "PostCreated", "data": {"id": "abc", "title": "t"}}))
@@ -121,19 +109,19 @@ async fn a_course_format_event_posted_to_the_bus_shows_up_in_the_view() {
         .unwrap();
     assert_eq!(response.status(), 200);
     eventually(WAIT, "course post in the view", || async {
-        view(&stack).await["abc"]["title"] == "t"
+        stack.view().await["abc"]["title"] == "t"
     })
     .await;
     assert_eq!(
-        view(&stack).await["abc"],
+        stack.view().await["abc"],
         json!({"id": "abc", "title": "t", "comments": []})
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_status_and_changes_nothing() {
-    let stack = Stack::start().await;
-    let post = create_post(&stack, "kept").await;
+    let stack = Microblog::start().await;
+    let post = stack.create_post("kept").await;
     let post_id = post["id"].as_str().unwrap().to_owned();
     let posts = format!("{}/posts/create", stack.url("posts"));
     let comments = format!("{}/posts/{post_id}/comments", stack.url("comments"));
@@ -248,11 +236,15 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         .unwrap();
     assert_eq!(unknown_post.status(), 404);
     // Nothing was written: the one post, no comments, and only its event in the log.
-    let own: Value = get_json(&format!("{}/posts", stack.url("posts"))).await;
+    let own: Value = stack
+        .get_json(&format!("{}/posts", stack.url("posts")))
+        .await;
     assert_eq!(own.as_object().unwrap().len(), 1);
-    let own_comments: Value = get_json(&comments).await;
+    let own_comments: Value = stack.get_json(&comments).await;
     assert_eq!(own_comments, json!([]));
-    let log: Value = get_json(&format!("{}/events", stack.url("event-bus"))).await;
+    let log: Value = stack
+        .get_json(&format!("{}/events", stack.url("event-bus")))
+        .await;
     assert_eq!(log.as_array().unwrap().len(), 1, "{log}");
     let missing = http()
         .get(format!("{}/posts/nope", stack.url("query")))

@@ -8,14 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use systemtests::{
-    comment_status, create_comment, create_post, http, open_live_stream, view, Stack,
-};
+use systemtests::{http, Microblog};
 use testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn view_text(stack: &Stack) -> String {
+async fn view_text(stack: &Microblog) -> String {
     http()
         .get(format!("{}/posts", stack.url("query")))
         .send()
@@ -32,21 +30,21 @@ fn ids(view: &Value) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_while_the_bus_is_down_and_the_view_catches_up() {
-    let mut stack = Stack::start().await;
-    let known = create_post(&stack, "before the outage").await;
+    let mut stack = Microblog::start().await;
+    let known = stack.create_post("before the outage").await;
     let known_id = known["id"].as_str().unwrap().to_owned();
     // The comments service must know the post before the bus goes away.
-    create_comment(&stack, &known_id, "first").await;
+    stack.create_comment(&known_id, "first").await;
 
-    stack.stop("event-bus");
+    stack.stop("event-bus").await;
     let mut posts = Vec::new();
     for n in 0..5 {
-        let post = create_post(&stack, &format!("during the outage {n}")).await;
+        let post = stack.create_post(&format!("during the outage {n}")).await;
         posts.push(post["id"].as_str().unwrap().to_owned());
     }
     let mut comments = Vec::new();
     for content in ["kind words", "an orange remark", "more kind words"] {
-        let comment = create_comment(&stack, &known_id, content).await;
+        let comment = stack.create_comment(&known_id, content).await;
         assert_eq!(comment["status"], "pending");
         comments.push((comment["id"].as_str().unwrap().to_owned(), content));
     }
@@ -59,12 +57,12 @@ async fn the_api_answers_while_the_bus_is_down_and_the_view_catches_up() {
         WAIT,
         "every post and moderated comment in the view",
         || async {
-            let whole = view(&stack).await;
+            let whole = stack.view().await;
             let posts_there = posts.iter().all(|id| whole.get(id).is_some());
             let mut all_moderated = true;
             for (id, _) in &comments {
                 all_moderated &= matches!(
-                    comment_status(&stack, &known_id, id).await.as_deref(),
+                    stack.comment_status(&known_id, id).await.as_deref(),
                     Some("approved" | "rejected")
                 );
             }
@@ -79,17 +77,17 @@ async fn the_api_answers_while_the_bus_is_down_and_the_view_catches_up() {
             "approved"
         };
         assert_eq!(
-            comment_status(&stack, &known_id, id).await.as_deref(),
+            stack.comment_status(&known_id, id).await.as_deref(),
             Some(expected),
             "{content}"
         );
     }
-    let whole = view(&stack).await;
+    let whole = stack.view().await;
     assert_eq!(whole.as_object().unwrap().len(), 6);
     assert_eq!(whole[&known_id]["comments"].as_array().unwrap().len(), 4);
 }
 
-async fn in_view(stack: &Stack, id: &str) -> bool {
+async fn in_view(stack: &Microblog, id: &str) -> bool {
     let url = format!("{}/posts/{id}", stack.url("query"));
     http().get(url).send().await.unwrap().status() == 200
 }
@@ -98,7 +96,7 @@ async fn in_view(stack: &Stack, id: &str) -> bool {
 async fn a_view_killed_mid_stream_ends_with_every_post_exactly_once() {
     const POSTS: usize = 500;
     const WRITERS: usize = 8;
-    let mut stack = Stack::start().await;
+    let mut stack = Microblog::start().await;
     let posts_url = Arc::new(stack.url("posts"));
     // Half the posts go in before the kill and half after, whatever the timing.
     let (killed, kill_seen) = tokio::sync::watch::channel(false);
@@ -129,10 +127,10 @@ async fn a_view_killed_mid_stream_ends_with_every_post_exactly_once() {
         .collect();
 
     eventually(WAIT, "the view to be part-way through", || async {
-        view(&stack).await.as_object().unwrap().len() >= 50
+        stack.view().await.as_object().unwrap().len() >= 50
     })
     .await;
-    stack.kill("query");
+    stack.kill("query").await;
     killed.send(true).unwrap();
     let mut created = HashSet::new();
     for writer in writers {
@@ -142,10 +140,10 @@ async fn a_view_killed_mid_stream_ends_with_every_post_exactly_once() {
 
     stack.restart("query").await;
     eventually(WAIT, "all posts in the view", || async {
-        view(&stack).await.as_object().unwrap().len() >= POSTS
+        stack.view().await.as_object().unwrap().len() >= POSTS
     })
     .await;
-    assert_eq!(ids(&view(&stack).await), created);
+    assert_eq!(ids(&stack.view().await), created);
     let (rows, distinct): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM posts")
             .fetch_one(&stack.database("query").pool)
@@ -156,20 +154,20 @@ async fn a_view_killed_mid_stream_ends_with_every_post_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_rebuilt_from_the_log_equals_the_view_before() {
-    let mut stack = Stack::start().await;
+    let mut stack = Microblog::start().await;
     let mut pending = Vec::new();
     for n in 0..10 {
-        let post = create_post(&stack, &format!("post {n}")).await;
+        let post = stack.create_post(&format!("post {n}")).await;
         let post_id = post["id"].as_str().unwrap().to_owned();
         for content in [format!("comment {n}"), format!("orange {n}")] {
-            let comment = create_comment(&stack, &post_id, &content).await;
+            let comment = stack.create_comment(&post_id, &content).await;
             pending.push((post_id.clone(), comment["id"].as_str().unwrap().to_owned()));
         }
     }
     eventually(WAIT, "every comment moderated", || async {
         for (post_id, comment_id) in &pending {
             if !matches!(
-                comment_status(&stack, post_id, comment_id).await.as_deref(),
+                stack.comment_status(post_id, comment_id).await.as_deref(),
                 Some("approved" | "rejected")
             ) {
                 return false;
@@ -180,7 +178,7 @@ async fn a_view_rebuilt_from_the_log_equals_the_view_before() {
     .await;
     let before = view_text(&stack).await;
 
-    stack.stop("query");
+    stack.stop("query").await;
     stack.wipe_database("query").await;
     stack.restart("query").await;
     // Ready means caught up with the log as it was at start-up: the whole view is back.
@@ -189,11 +187,11 @@ async fn a_view_rebuilt_from_the_log_equals_the_view_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_live_stream_does_not_hold_up_a_graceful_stop() {
-    let mut stack = Stack::start().await;
-    let stream = open_live_stream(&stack).await;
-    assert_eq!(stream.status(), 200);
+    let mut stack = Microblog::start().await;
+    let stream = stack.open_live_stream().await;
+    // Open: the service answered 200 with the stream (open_live_stream checks).
     let stopping = std::time::Instant::now();
-    stack.stop("query");
+    stack.stop("query").await;
     // Well inside the 10 s grace period that an open stream used to use up entirely.
     assert!(
         stopping.elapsed() < Duration::from_secs(5),

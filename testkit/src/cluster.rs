@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-pub use harness::postgres::{free_port, init_and_start, pg_binary};
+use harness::postgres::{free_port, init_and_start};
 use harness::postgres::{pg_command_line, StopMode};
 use std::sync::OnceLock;
 

@@ -4,7 +4,7 @@
 
 mod app;
 pub mod bus;
-pub mod cluster;
+mod cluster;
 mod subscriber;
 
 use std::future::Future;
@@ -20,7 +20,6 @@ use contract::TraceParent;
 use contract::{Envelope, Event};
 
 pub use app::{service_env, service_env_with, unreachable_bus_url, RunningApp};
-pub use cluster::pg_binary;
 pub use subscriber::{RecordingSubscriber, SubscriberMode};
 
 /// A database of its own for one test, cloned from a migrated template and dropped when

@@ -1,0 +1,344 @@
+//! The microblog as processes on this machine: every service of the topology (or some
+//! of them), each as N instances on their own ports, wired to each other with the
+//! environment they get in Kubernetes, started stage by stage (the bus first: the others
+//! catch up from it before they are ready) and stopped in the reverse order (the bus
+//! last, so the others can flush their outboxes to it on the way out).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::{Ended, HarnessError, Log, Prefix, Process, Program, STOP_GRACE};
+use crate::topology::{self, Service};
+
+/// Which port each instance listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// The topology's, as in Kubernetes (further instances of a service get free ports).
+    Topology,
+    /// Free ones, so that many runs can share a machine.
+    Free,
+}
+
+/// Where the instances' logs go.
+#[derive(Debug, Clone)]
+pub enum Logs {
+    /// One file per instance in this directory.
+    Files(PathBuf),
+    /// Prefixed lines on stdout, each service in its colour.
+    Prefixed,
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The services to run, by name; the topology's order decides the start order.
+    pub services: Vec<&'static str>,
+    /// Instances of each service.
+    pub replicas: usize,
+    pub ports: Ports,
+    /// The directory holding the service binaries (`target/<profile>`).
+    pub binaries: PathBuf,
+    pub logs: Logs,
+    /// Restart an instance that crashes.
+    pub supervised: bool,
+    /// `EVENT_BUS_TOKEN`; none runs `/events` open, as tests may.
+    pub token: Option<String>,
+    pub log_format: &'static str,
+    pub rust_log: String,
+    /// How long each stage may take to become ready.
+    pub ready_deadline: Duration,
+    /// More variables for one service, `(service, name, value)`; they win over the wiring.
+    pub env: Vec<(&'static str, String, String)>,
+}
+
+impl StackOptions {
+    /// Every service once, on free ports, logging to files in `logs`, with production's
+    /// log filter unless `RUST_LOG` says otherwise.
+    pub fn whole(binaries: PathBuf, logs: &Path) -> Self {
+        Self {
+            services: topology::SERVICES.iter().map(|s| s.name).collect(),
+            replicas: 1,
+            ports: Ports::Free,
+            binaries,
+            logs: Logs::Files(logs.to_owned()),
+            supervised: false,
+            token: None,
+            log_format: "json",
+            rust_log: std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.into()),
+            ready_deadline: Duration::from_secs(60),
+            env: Vec::new(),
+        }
+    }
+
+    /// Only these services.
+    pub fn only(mut self, services: &[&'static str]) -> Self {
+        self.services = services.to_vec();
+        self
+    }
+
+    /// Sets `name` for `service`.
+    pub fn with_env(mut self, service: &'static str, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((service, name.to_owned(), value.into()));
+        self
+    }
+}
+
+/// Production's log filter.
+pub const DEFAULT_RUST_LOG: &str = "info,sqlx=warn,actix_server=warn";
+
+/// One running (or stopped) instance of a service.
+#[derive(Debug)]
+pub struct Instance {
+    pub service: &'static Service,
+    pub index: usize,
+    pub port: u16,
+    pub process: Process,
+}
+
+impl Instance {
+    pub fn url(&self) -> String {
+        local_url(self.port)
+    }
+
+    pub fn start(&mut self) {
+        self.process.start();
+    }
+
+    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<(), HarnessError> {
+        let url = format!("{}/readyz", self.url());
+        self.process.wait_ready(&url, deadline).await
+    }
+
+    /// SIGTERM and wait (SIGKILL after the grace period).
+    pub async fn stop(&mut self) -> Result<Ended, HarnessError> {
+        self.process.stop(STOP_GRACE).await
+    }
+
+    /// SIGKILL, as a crash.
+    pub async fn kill(&mut self) -> Result<Ended, HarnessError> {
+        self.process.kill().await
+    }
+}
+
+pub fn local_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+#[derive(Debug)]
+pub struct Stack {
+    instances: Vec<Instance>,
+    ready_deadline: Duration,
+}
+
+impl Stack {
+    /// Decides ports and wiring for every instance; nothing starts yet. `database_url`
+    /// gives each service's database.
+    pub fn plan(
+        options: &StackOptions,
+        database_url: impl Fn(&Service) -> String,
+    ) -> Result<Self, HarnessError> {
+        let mut services: Vec<&'static Service> = Vec::new();
+        for name in &options.services {
+            let service = topology::service(name).ok_or_else(|| {
+                HarnessError::Io(std::io::Error::other(format!(
+                    "{name} is not a service of the topology"
+                )))
+            })?;
+            services.push(service);
+        }
+        services.sort_by_key(|s| (s.stage(), topology_index(s)));
+        let mut ports = Vec::new();
+        for service in &services {
+            for index in 0..options.replicas.max(1) {
+                let port = match options.ports {
+                    Ports::Topology if index == 0 => service.port,
+                    _ => crate::postgres::free_port()?,
+                };
+                ports.push((*service, index, port));
+            }
+        }
+        // Others reach a service at its first instance, as at a Kubernetes Service.
+        let first = |service: &Service| {
+            ports
+                .iter()
+                .find(|(s, i, _)| s.name == service.name && *i == 0)
+                .map(|(_, _, port)| local_url(*port))
+        };
+        let bus_url = first(topology::event_bus()).unwrap_or_default();
+        let subscribers = services
+            .iter()
+            .filter(|s| s.consumes_events())
+            .filter_map(|s| first(s).map(|url| format!("{}={url}/events", s.name)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut instances = Vec::new();
+        for (service, index, port) in &ports {
+            let binary = options.binaries.join(service.name);
+            if !binary.is_file() {
+                return Err(HarnessError::Io(std::io::Error::other(format!(
+                    "{} is missing: build the services first (`cargo build --workspace --bins`)",
+                    binary.display()
+                ))));
+            }
+            let label = if options.replicas > 1 {
+                format!("{}#{}", service.name, index + 1)
+            } else {
+                service.name.to_owned()
+            };
+            let log = match &options.logs {
+                Logs::Files(dir) => Log::File(dir.join(format!("{label}.log"))),
+                Logs::Prefixed => Log::Prefixed(Prefix::new(&label, service.color)),
+            };
+            let mut program = Program {
+                label,
+                binary,
+                env: Vec::new(),
+                log,
+                supervised: options.supervised,
+            };
+            program.set_env("PORT", port.to_string());
+            program.set_env("DATABASE_URL", database_url(service));
+            program.set_env("LOG_FORMAT", options.log_format);
+            program.set_env("RUST_LOG", options.rust_log.clone());
+            if let Some(token) = &options.token {
+                program.set_env("EVENT_BUS_TOKEN", token.clone());
+            }
+            if service.uses_bus() {
+                program.set_env("EVENT_BUS_URL", bus_url.clone());
+            } else if !subscribers.is_empty() {
+                program.set_env("EVENT_BUS_SUBSCRIBERS", subscribers.clone());
+            }
+            for (_, name, value) in options.env.iter().filter(|(s, _, _)| *s == service.name) {
+                program.set_env(name, value.clone());
+            }
+            instances.push(Instance {
+                service,
+                index: *index,
+                port: *port,
+                process: Process::new(program),
+            });
+        }
+        Ok(Self {
+            instances,
+            ready_deadline: options.ready_deadline,
+        })
+    }
+
+    /// Starts every instance, stage by stage, each stage ready before the next starts.
+    pub async fn start(&mut self) -> Result<(), HarnessError> {
+        let mut stages: Vec<u8> = self.instances.iter().map(|i| i.service.stage()).collect();
+        stages.dedup();
+        for stage in stages {
+            let names: Vec<&'static str> = self
+                .instances
+                .iter()
+                .filter(|i| i.service.stage() == stage)
+                .map(|i| i.service.name)
+                .collect();
+            for instance in self
+                .instances
+                .iter_mut()
+                .filter(|i| names.contains(&i.service.name))
+            {
+                instance.start();
+            }
+            let deadline = self.ready_deadline;
+            for instance in self
+                .instances
+                .iter_mut()
+                .filter(|i| names.contains(&i.service.name))
+            {
+                instance.wait_ready(deadline).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts every instance of `service` (again) and waits until each is ready.
+    pub async fn start_service(&mut self, service: &str) -> Result<(), HarnessError> {
+        let deadline = self.ready_deadline;
+        for instance in self.instances_mut(service) {
+            instance.start();
+            instance.wait_ready(deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every running instance with SIGTERM, the last stage first (the instances of
+    /// one stage together); how each ended.
+    pub async fn stop(&mut self) -> Vec<(String, Ended)> {
+        let mut stages: Vec<u8> = self.instances.iter().map(|i| i.service.stage()).collect();
+        stages.dedup();
+        let mut ended = Vec::new();
+        for stage in stages.into_iter().rev() {
+            let stopping = self
+                .instances
+                .iter_mut()
+                .filter(|i| i.service.stage() == stage && !i.process.has_ended())
+                .map(|instance| async move {
+                    let how = instance.stop().await;
+                    (instance.process.program.label.clone(), how)
+                });
+            for (label, how) in futures_util::future::join_all(stopping).await {
+                if let Ok(how) = how {
+                    ended.push((label, how));
+                }
+            }
+        }
+        ended
+    }
+
+    /// Where the others reach `service`: its first instance.
+    pub fn url(&self, service: &str) -> String {
+        self.instances(service)
+            .next()
+            .map(Instance::url)
+            .unwrap_or_else(|| panic!("{service} is not part of this stack"))
+    }
+
+    pub fn instances<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances
+            .iter()
+            .filter(move |i| i.service.name == service)
+    }
+
+    pub fn instances_mut<'a>(
+        &'a mut self,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a mut Instance> + 'a {
+        self.instances
+            .iter_mut()
+            .filter(move |i| i.service.name == service)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.iter()
+    }
+
+    /// Sets `name` for every instance of `service`, from its next start on.
+    pub fn set_env(&mut self, service: &str, name: &str, value: &str) {
+        for instance in self.instances_mut(service) {
+            instance.process.program.set_env(name, value);
+        }
+    }
+}
+
+fn topology_index(service: &Service) -> usize {
+    topology::SERVICES
+        .iter()
+        .position(|s| s.name == service.name)
+        .unwrap_or(usize::MAX)
+}
+
+/// The directory of the binaries built with the same profile as the running executable:
+/// `target/<profile>` for a binary there, and for a test in `target/<profile>/deps`.
+pub fn binaries_of_this_build() -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the executable has no directory"))?;
+    Ok(if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_owned()
+    } else {
+        dir.to_owned()
+    })
+}
