@@ -105,17 +105,9 @@ impl ApiClient {
     pub async fn live_stream(&self, query: &str) -> Result<LiveStream, ApiCallError> {
         let url = format!("{query}/posts/stream");
         let what = format!("GET {url}");
-        let response = self
-            .http
-            .get(&url)
-            // A stream outlives any one request's timeout.
-            .timeout(Duration::from_secs(24 * 3600))
-            .send()
-            .await
-            .map_err(|source| ApiCallError::Transport {
-                what: what.clone(),
-                source,
-            })?;
+        // A stream outlives any one request's timeout.
+        let request = self.http.get(&url).timeout(Duration::from_secs(24 * 3600));
+        let response = send(request, &what).await?;
         if response.status() != 200 {
             return Err(ApiCallError::Status {
                 what,
@@ -152,6 +144,19 @@ async fn expect_json(
         });
     }
     json_body(response, what).await
+}
+
+async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<reqwest::Response, ApiCallError> {
+    request
+        .send()
+        .await
+        .map_err(|source| ApiCallError::Transport {
+            what: what.to_owned(),
+            source,
+        })
 }
 
 async fn json_body(response: reqwest::Response, what: &str) -> Result<Value, ApiCallError> {

@@ -19,9 +19,7 @@ use service_kit::bus::BusClient;
 use service_kit::consumer::Consumer;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
-use testkit::{
-    eventually, init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase,
-};
+use testkit::{init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -449,11 +447,7 @@ async fn serve_query(db: &TestDatabase, log: Vec<Envelope>) -> (RunningApp, Fake
     let bus = FakeBus::start(log);
     let env = service_env(db, &bus.url);
     let app = RunningApp::start(&env, query::config_from_env, query::build).await;
-    let ready = format!("{}/readyz", app.url);
-    eventually(WAIT, "query ready", || async {
-        reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    app.wait_ready(WAIT).await;
     (app, bus)
 }
 

@@ -15,7 +15,7 @@ use service_kit::server::{Application, Readiness, ServerSettings};
 use service_kit::shutdown::Shutdown;
 use sqlx::{PgConnection, PgPool};
 use testkit::bus::*;
-use testkit::{eventually, TestDatabase};
+use testkit::{eventually, RunningApp, TestDatabase};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -257,17 +257,9 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
         vec![catch_up],
     )
     .unwrap();
-    let consumer_url = format!("http://127.0.0.1:{}/events", app.port());
-    let ready_url = format!("http://127.0.0.1:{}/readyz", app.port());
-    let stop = app.stop_handle();
-    let app_task = tokio::spawn(app.run_until_stopped());
-    eventually(WAIT, "consumer ready", || async {
-        reqwest::get(&ready_url)
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-    })
-    .await;
+    let app = RunningApp::serve(app);
+    let consumer_url = format!("{}/events", app.url);
+    app.wait_ready(WAIT).await;
     assert_eq!(
         consumer.cursor().await.unwrap(),
         2500,
@@ -298,7 +290,6 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
         applied_seqs(&consumer_db.pool).await,
         (1..=2600).collect::<Vec<_>>()
     );
-    stop.stop();
-    app_task.await.unwrap().unwrap();
+    app.stop().await;
     bus.stop().await;
 }

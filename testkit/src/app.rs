@@ -91,6 +91,15 @@ impl RunningApp {
         }
     }
 
+    /// Waits until `/readyz` answers 200 (a consumer has caught up), failing the test
+    /// after `deadline`.
+    pub async fn wait_ready(&self, deadline: Duration) {
+        let url = format!("{}/readyz", self.url);
+        harness::process::wait_until_ready(&url, deadline)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
     /// Stops as SIGTERM does and waits until the app has shut down, which must be clean.
     pub async fn stop(self) {
         self.stop.stop();
