@@ -23,7 +23,14 @@ pub struct Microblog {
 }
 
 impl Microblog {
+    /// Every service once.
     pub async fn start() -> Self {
+        Self::start_replicated(1).await
+    }
+
+    /// Every service as `replicas` instances on one database each, as Kubernetes runs
+    /// a scaled Deployment; the others reach a service at its first instance.
+    pub async fn start_replicated(replicas: usize) -> Self {
         testkit::init_test_logging();
         let mut databases = HashMap::new();
         for service in &SERVICES {
@@ -33,11 +40,12 @@ impl Microblog {
             std::env::temp_dir().join(format!("microblog-systemtest-{}", std::process::id()));
         std::fs::create_dir_all(&logs).expect("log directory");
         let binaries = binaries_of_this_build().expect("the target directory");
-        let options = StackOptions::whole(binaries, &logs).with_env(
+        let mut options = StackOptions::whole(binaries, &logs).with_env(
             "event-bus",
             "EVENT_BUS_RETRY_MAX_MS",
             "300",
         );
+        options.replicas = replicas;
         let stack = Stack::plan(&options, |service| databases[service.name].url.clone())
             .unwrap_or_else(|error| panic!("{error}"));
         let mut blog = Self {
@@ -55,6 +63,11 @@ impl Microblog {
 
     pub fn url(&self, service: &str) -> String {
         self.stack.url(service)
+    }
+
+    /// The base URL of each instance of `service`.
+    pub fn instance_urls(&self, service: &str) -> Vec<String> {
+        self.stack.instances(service).map(|i| i.url()).collect()
     }
 
     pub fn database(&self, service: &str) -> &TestDatabase {

@@ -253,3 +253,30 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_every_service_run_ready_on_their_own_ports_and_share_the_work() {
+    let stack = Microblog::start_replicated(2).await;
+    let mut ports = std::collections::HashSet::new();
+    for service in harness::topology::SERVICES {
+        let urls = stack.instance_urls(service.name);
+        assert_eq!(urls.len(), 2, "{}", service.name);
+        for url in urls {
+            let (status, _) = stack.api().get(&format!("{url}/readyz")).await.unwrap();
+            assert_eq!(status, 200, "{url}");
+            assert!(ports.insert(url.clone()), "two instances on {url}");
+        }
+    }
+    // A post taken by the second posts instance reaches the view through the bus.
+    let second_posts = stack.instance_urls("posts")[1].clone();
+    let post = stack
+        .api()
+        .create_post(&second_posts, "from #2")
+        .await
+        .unwrap();
+    let id = post["id"].as_str().unwrap().to_owned();
+    eventually(WAIT, "the post in the view", || async {
+        stack.view().await[&id]["title"] == "from #2"
+    })
+    .await;
+}
