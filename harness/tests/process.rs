@@ -30,6 +30,16 @@ fn program(label: &str, body: &str, supervised: bool) -> (Process, PathBuf) {
     (Process::new(program), log)
 }
 
+/// Waits until the child runs and its shell has had time to install its traps.
+async fn running(process: &Process) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process.pid().is_none() {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 /// A port nothing listens on: readiness can never succeed there.
 fn closed_port_url() -> String {
     let port = harness::postgres::free_port().unwrap();
@@ -66,13 +76,7 @@ async fn a_program_that_ignores_sigterm_is_killed_after_its_grace_period() {
         false,
     );
     process.start();
-    // Wait until the child runs (the shell has installed its trap by its first sleep).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process.pid().is_none() {
-        assert!(Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    running(&process).await;
     let stopping = Instant::now();
     let ended = process.stop(Duration::from_millis(300)).await.unwrap();
     assert!(stopping.elapsed() >= Duration::from_millis(300), "{ended}");
@@ -96,12 +100,7 @@ async fn a_program_that_exits_on_sigterm_stops_cleanly_and_starts_again() {
     );
     for _ in 0..2 {
         process.start();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while process.pid().is_none() {
-            assert!(Instant::now() < deadline, "never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        running(&process).await;
         match process.stop(Duration::from_secs(10)).await.unwrap() {
             Ended::Stopped(Some(status)) => assert!(status.success(), "{status}"),
             other => panic!("{other}"),
