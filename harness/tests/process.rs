@@ -30,14 +30,17 @@ fn program(label: &str, body: &str, supervised: bool) -> (Process, PathBuf) {
     (Process::new(program), log)
 }
 
-/// Waits until the child runs and its shell has had time to install its traps.
-async fn running(process: &Process) {
+/// Waits until the script has said `running` (after installing its traps) `runs` times.
+async fn running(log: &std::path::Path, runs: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while process.pid().is_none() {
-        assert!(Instant::now() < deadline, "never started");
+    loop {
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        if said.lines().filter(|l| *l == "running").count() >= runs {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never running: {said:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 /// A port nothing listens on: readiness can never succeed there.
@@ -72,11 +75,11 @@ async fn a_program_that_dies_at_start_up_is_reported_at_once_not_at_the_deadline
 async fn a_program_that_ignores_sigterm_is_killed_after_its_grace_period() {
     let (mut process, log) = program(
         "stubborn",
-        "trap '' TERM; while :; do sleep 0.05; done",
+        "trap '' TERM; echo running; while :; do sleep 0.05; done",
         false,
     );
     process.start();
-    running(&process).await;
+    running(&log, 1).await;
     let stopping = Instant::now();
     let ended = process.stop(Duration::from_millis(300)).await.unwrap();
     assert!(stopping.elapsed() >= Duration::from_millis(300), "{ended}");
@@ -93,14 +96,14 @@ async fn a_program_that_ignores_sigterm_is_killed_after_its_grace_period() {
 
 #[tokio::test]
 async fn a_program_that_exits_on_sigterm_stops_cleanly_and_starts_again() {
-    let (mut process, _log) = program(
+    let (mut process, log) = program(
         "polite",
-        "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        "trap 'exit 0' TERM; echo running; while :; do sleep 0.05; done",
         false,
     );
-    for _ in 0..2 {
+    for run in 1..=2 {
         process.start();
-        running(&process).await;
+        running(&log, run).await;
         match process.stop(Duration::from_secs(10)).await.unwrap() {
             Ended::Stopped(Some(status)) => assert!(status.success(), "{status}"),
             other => panic!("{other}"),
