@@ -24,10 +24,18 @@ pub fn config_from_env(env: &Env) -> Result<BusUserConfig, ConfigError> {
 pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let mut startup = Startup::connect(config, &MIGRATOR).await?;
     let outbox = startup.start_outbox_relay();
-    let (posts_learned, learned) = watch::channel(0);
-    let handler = reactions::CommentsHandler { posts_learned };
+    let (posts_learned, learned) = watch::channel(0u64);
+    startup.listen(&[reactions::POSTS_LEARNED], move |_, _| {
+        // A post learned, or notifications missed while reconnecting: look again.
+        posts_learned.send_modify(|n| *n += 1);
+    });
     let consumer = startup.start_consumer(
-        Consumer::new(startup.pool.clone(), startup.bus.clone(), handler).waking(outbox.clone()),
+        Consumer::new(
+            startup.pool.clone(),
+            startup.bus.clone(),
+            reactions::CommentsReactions,
+        )
+        .waking(outbox.clone()),
     );
     let state = web::Data::new(routes::CommentsState {
         pool: startup.pool.clone(),

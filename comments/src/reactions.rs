@@ -2,19 +2,19 @@
 
 use contract::{CommentModerated, CommentUpdated, Envelope, Event, Publication};
 use service_kit::consumer::Reactions;
+use service_kit::notify;
 use sqlx::PgConnection;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::store;
 
-pub struct CommentsHandler {
-    /// Bumped after each commit that may have taught us new posts, so a request waiting
-    /// for a just-created post can look again.
-    pub posts_learned: watch::Sender<u64>,
-}
+/// Announced by each transaction that taught this service a post, to every replica: a
+/// request waiting for a just-created post looks again, whichever replica learned it.
+pub const POSTS_LEARNED: &str = "comments_posts_learned";
 
-impl Reactions for CommentsHandler {
+pub struct CommentsReactions;
+
+impl Reactions for CommentsReactions {
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -22,14 +22,13 @@ impl Reactions for CommentsHandler {
         event: Event,
     ) -> Result<(), sqlx::Error> {
         match event {
-            Event::PostCreated(post) => store::remember_post(conn, &post.id).await,
+            Event::PostCreated(post) => {
+                store::remember_post(&mut *conn, &post.id).await?;
+                notify::announce(conn, POSTS_LEARNED, "").await
+            }
             Event::CommentModerated(moderated) => apply_moderation(conn, envelope, moderated).await,
             _ => Ok(()),
         }
-    }
-
-    fn committed(&self) {
-        self.posts_learned.send_modify(|n| *n += 1);
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use comments::domain::{Content, PostId};
-use comments::reactions::CommentsHandler;
+use comments::reactions::{CommentsReactions, POSTS_LEARNED};
 use comments::store;
 use contract::TraceParent;
 use contract::{CommentModerated, CommentStatus, Envelope, Event, PostCreated};
@@ -21,7 +21,6 @@ use testkit::{
     hide_outbox, init_test_logging, outbox_publications, restore_outbox, service_env,
     unreachable_bus_url, RunningApp, TestDatabase,
 };
-use tokio::sync::watch;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -35,14 +34,12 @@ async fn comments_db() -> TestDatabase {
     .await
 }
 
-fn consumer(db: &TestDatabase) -> (Consumer<CommentsHandler>, watch::Receiver<u64>) {
-    let (posts_learned, learned) = watch::channel(0);
-    let consumer = Consumer::new(
+fn consumer(db: &TestDatabase) -> Consumer<CommentsReactions> {
+    Consumer::new(
         db.pool.clone(),
         BusClient::new(&unreachable_bus_url(), None),
-        CommentsHandler { posts_learned },
-    );
-    (consumer, learned)
+        CommentsReactions,
+    )
 }
 
 /// An envelope as the bus delivers it.
@@ -223,10 +220,14 @@ async fn set_status_bumps_the_version_only_when_the_status_changes() {
 }
 
 #[tokio::test]
-async fn post_created_makes_the_post_known_and_wakes_waiting_requests() {
+async fn post_created_makes_the_post_known_and_wakes_waiting_requests_on_every_replica() {
     let db = comments_db().await;
-    let (consumer, mut learned) = consumer(&db);
-    learned.borrow_and_update();
+    let consumer = consumer(&db);
+    // A listener stands for any replica's waiting requests.
+    let mut replica = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    replica.listen(POSTS_LEARNED).await.unwrap();
     let created = Event::PostCreated(PostCreated {
         id: "abc".into(),
         title: "course post".into(),
@@ -238,18 +239,21 @@ async fn post_created_makes_the_post_known_and_wakes_waiting_requests() {
             .await
             .unwrap()
     );
-    assert!(learned.has_changed().unwrap(), "waiting requests not woken");
+    tokio::time::timeout(WAIT, replica.recv())
+        .await
+        .expect("waiting requests not woken")
+        .unwrap();
     // The same post announced again (a republish) is harmless.
     consumer.deliver(vec![envelope(2, &created)]).await.unwrap();
     assert_eq!(count_rows(&db.pool, "known_posts").await, 1);
 }
 
 /// Post p1 with a pending comment "Nice" on it, and a consumer to moderate it.
-async fn a_pending_comment() -> (TestDatabase, Uuid, Consumer<CommentsHandler>) {
+async fn a_pending_comment() -> (TestDatabase, Uuid, Consumer<CommentsReactions>) {
     let db = comments_db().await;
     let post = known_post(&db, "p1").await;
     let id = new_comment(&db, &post, "Nice").await;
-    let (consumer, _learned) = consumer(&db);
+    let consumer = consumer(&db);
     (db, id, consumer)
 }
 
@@ -345,7 +349,7 @@ async fn when_the_comment_updated_event_cannot_be_written_the_status_and_cursor_
 #[tokio::test]
 async fn decisions_about_comments_that_are_not_ours_are_ignored() {
     let db = comments_db().await;
-    let (consumer, _learned) = consumer(&db);
+    let consumer = consumer(&db);
     let course = Event::CommentModerated(CommentModerated {
         id: "5f2a9c".into(),
         post_id: "p1".into(),

@@ -4,16 +4,13 @@
 //! capped exponential backoff and jitter, forever. Loops share nothing but the log, so a
 //! slow or dead subscriber never delays the others or the publishers.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use contract::{cap_batch_bytes, json_array};
-use serde::Serialize;
 use service_kit::backoff::Backoff;
 use service_kit::config::Subscriber;
 use service_kit::error::error_chain;
 use service_kit::shutdown::ShutdownSignal;
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -28,55 +25,27 @@ pub struct DeliverySettings {
     pub token: Option<String>,
 }
 
-/// What `GET /subscriptions` shows for one subscriber.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubscriptionStatus {
-    pub name: String,
-    pub url: String,
-    pub cursor: i64,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_success_at: Option<OffsetDateTime>,
-    pub last_error: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_error_at: Option<OffsetDateTime>,
-    pub consecutive_failures: u32,
-}
-
-pub type SharedStatus = Arc<Mutex<SubscriptionStatus>>;
-
-/// Starts one loop per subscriber; returns their live statuses and tasks.
+/// Starts one loop per subscriber, each from its durable cursor; returns their tasks.
 pub fn spawn_all(
     subscribers: &[Subscriber],
     store: &Store,
     head: &watch::Receiver<i64>,
     settings: &DeliverySettings,
     signal: &ShutdownSignal,
-) -> (Vec<SharedStatus>, Vec<JoinHandle<()>>) {
+) -> Vec<JoinHandle<()>> {
     let http = service_kit::bus::http_client(settings.timeout);
     subscribers
         .iter()
         .map(|subscriber| {
-            let status = Arc::new(Mutex::new(SubscriptionStatus {
-                name: subscriber.name.clone(),
-                url: subscriber.url.clone(),
-                cursor: 0,
-                last_success_at: None,
-                last_error: None,
-                last_error_at: None,
-                consecutive_failures: 0,
-            }));
             let delivery = Delivery {
                 subscriber: subscriber.clone(),
                 store: store.clone(),
                 http: http.clone(),
                 settings: settings.clone(),
-                status: status.clone(),
             };
-            let task = tokio::spawn(delivery.run(head.clone(), signal.clone()));
-            (status, task)
+            tokio::spawn(delivery.run(head.clone(), signal.clone()))
         })
-        .unzip()
+        .collect()
 }
 
 struct Delivery {
@@ -84,7 +53,6 @@ struct Delivery {
     store: Store,
     http: reqwest::Client,
     settings: DeliverySettings,
-    status: SharedStatus,
 }
 
 impl Delivery {
@@ -95,14 +63,13 @@ impl Delivery {
             match self.store.subscribe(name, &self.subscriber.url).await {
                 Ok(cursor) => break cursor,
                 Err(error) => {
-                    self.failed(&error.to_string());
+                    tracing::warn!(subscriber = name, error = %error_chain(&error), "cannot read the subscriber's cursor; retrying");
                     if signal.sleep(backoff.next_delay()).await {
                         return;
                     }
                 }
             }
         };
-        self.update(|s| s.cursor = cursor);
         tracing::info!(subscriber = name, cursor, "delivery loop started");
         while !signal.is_triggered() {
             let batch = match self
@@ -115,7 +82,7 @@ impl Delivery {
                     batch
                 }
                 Err(error) => {
-                    self.failed(&format!("reading the log: {error}"));
+                    self.failed(&format!("reading the log: {error}")).await;
                     signal.sleep(backoff.next_delay()).await;
                     continue;
                 }
@@ -145,11 +112,6 @@ impl Delivery {
                         // again, which consumers skip by seq.
                         tracing::warn!(subscriber = name, %error, "could not record the cursor");
                     }
-                    self.update(|s| {
-                        s.cursor = cursor;
-                        s.last_success_at = Some(OffsetDateTime::now_utc());
-                        s.consecutive_failures = 0;
-                    });
                     tracing::info!(
                         subscriber = name,
                         first_seq = first,
@@ -161,7 +123,7 @@ impl Delivery {
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    self.failed(&error);
+                    self.failed(&error).await;
                     tracing::warn!(subscriber = name, first_seq = first, %error, retry_in_ms = delay.as_millis() as u64, "delivery failed");
                     signal.sleep(delay).await;
                 }
@@ -192,17 +154,12 @@ impl Delivery {
         ))
     }
 
-    fn update(&self, change: impl FnOnce(&mut SubscriptionStatus)) {
-        if let Ok(mut status) = self.status.lock() {
-            change(&mut status);
-        }
-    }
-
-    fn failed(&self, error: &str) {
-        self.update(|s| {
-            s.last_error = Some(error.to_owned());
-            s.last_error_at = Some(OffsetDateTime::now_utc());
-            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-        });
+    /// Recorded for `GET /subscriptions`; a database too far away to record it in is
+    /// logged by the loop anyway.
+    async fn failed(&self, error: &str) {
+        let _ = self
+            .store
+            .record_failure(&self.subscriber.name, error)
+            .await;
     }
 }

@@ -10,15 +10,17 @@ use service_kit::error::ApiError;
 use service_kit::http::{Authorized, JsonBody};
 use tokio::sync::watch;
 
-use crate::delivery::{SharedStatus, SubscriptionStatus};
-use crate::store::Store;
+use crate::store::{Store, Subscription};
 use crate::writer::{AppendError, LogWriter};
 
 pub struct BusState {
     pub writer: LogWriter,
     pub store: Store,
-    pub head: watch::Receiver<i64>,
-    pub subscriptions: Vec<SharedStatus>,
+    /// The configured subscribers, by name.
+    pub subscribers: Vec<String>,
+    /// This replica's name, and whether it leads the deliveries now.
+    pub replica: String,
+    pub leading: watch::Receiver<bool>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -154,21 +156,30 @@ fn log_stream(
 #[derive(Serialize)]
 struct SubscriptionView {
     #[serde(flatten)]
-    status: SubscriptionStatus,
+    subscription: Subscription,
     lag: i64,
 }
 
-/// `GET /subscriptions`: per subscriber its cursor, lag, last success and last error.
-async fn subscriptions(state: web::Data<BusState>) -> HttpResponse {
-    let head = *state.head.borrow();
+/// `GET /subscriptions`: from the database, so every replica tells the same: the head,
+/// per subscriber its cursor, lag, last success and last error, and who leads.
+async fn subscriptions(state: web::Data<BusState>) -> Result<HttpResponse, ApiError> {
+    let head = state.store.head().await?;
     let subscriptions: Vec<SubscriptionView> = state
-        .subscriptions
-        .iter()
-        .filter_map(|s| s.lock().ok().map(|s| s.clone()))
-        .map(|status| SubscriptionView {
-            lag: head - status.cursor,
-            status,
+        .store
+        .subscriptions(&state.subscribers)
+        .await?
+        .into_iter()
+        .map(|subscription| SubscriptionView {
+            lag: head - subscription.cursor,
+            subscription,
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "head": head, "subscriptions": subscriptions }))
+    let leader = state.store.leader().await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "head": head,
+        "subscriptions": subscriptions,
+        "leader": leader,
+        "replica": state.replica,
+        "leading": *state.leading.borrow(),
+    })))
 }

@@ -102,6 +102,13 @@ impl Store {
                 .bind(next)
                 .execute(&mut *tx)
                 .await?;
+            // Delivered on commit to every replica's listener: the leader's delivery
+            // loops wake whichever replica took the publish.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(LOG_APPENDED)
+                .bind(next.to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(accepted)
@@ -143,7 +150,7 @@ impl Store {
     /// cursor backwards.
     pub async fn acknowledge(&self, name: &str, cursor: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE subscriptions SET cursor = GREATEST(cursor, $2), last_success_at = now() WHERE name = $1",
+            "UPDATE subscriptions SET cursor = GREATEST(cursor, $2), last_success_at = now(), consecutive_failures = 0 WHERE name = $1",
         )
         .bind(name)
         .bind(cursor)
@@ -151,6 +158,67 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Records a failed delivery attempt, for `GET /subscriptions` on any replica.
+    pub async fn record_failure(&self, name: &str, error: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE subscriptions SET last_error = $2, last_error_at = now(), consecutive_failures = consecutive_failures + 1 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The state of the subscribers `names`, in that order (one not yet subscribed is
+    /// left out).
+    pub async fn subscriptions(&self, names: &[String]) -> Result<Vec<Subscription>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT name, url, cursor, last_success_at, last_error, last_error_at, consecutive_failures
+             FROM subscriptions JOIN UNNEST($1::text[]) WITH ORDINALITY AS wanted(name, position) USING (name)
+             ORDER BY position",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Who runs the delivery loops, as last recorded.
+    pub async fn leader(&self) -> Result<Option<Leader>, sqlx::Error> {
+        sqlx::query_as("SELECT replica, since, heartbeat_at FROM delivery_leader")
+            .fetch_optional(&self.pool)
+            .await
+    }
+}
+
+/// The channel every append is announced on, with the new head as payload.
+pub const LOG_APPENDED: &str = "event_bus_log_appended";
+
+/// One subscriber's delivery state, as `GET /subscriptions` shows it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub name: String,
+    pub url: String,
+    pub cursor: i64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_error_at: Option<OffsetDateTime>,
+    pub consecutive_failures: i32,
+}
+
+/// The replica that leads the deliveries.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leader {
+    pub replica: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub heartbeat_at: OffsetDateTime,
 }
 
 /// Column-wise rows for one `INSERT … SELECT FROM UNNEST`: one statement per append,

@@ -40,7 +40,7 @@ impl LogWriter {
     /// the delivery loops.
     pub fn spawn(
         store: Store,
-        head: watch::Sender<i64>,
+        head: Arc<watch::Sender<i64>>,
         signal: ShutdownSignal,
     ) -> (Self, JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(1024);
@@ -67,7 +67,7 @@ impl LogWriter {
 
 async fn run(
     store: Store,
-    head: watch::Sender<i64>,
+    head: Arc<watch::Sender<i64>>,
     mut queue: mpsc::Receiver<Job>,
     mut signal: ShutdownSignal,
 ) {
@@ -116,11 +116,7 @@ async fn commit_group(
     match store.append(publications).await {
         Ok(accepted) => {
             if let Some(last) = accepted.iter().map(|a| a.seq).max() {
-                head.send_if_modified(|current| {
-                    let moved = last > *current;
-                    *current = (*current).max(last);
-                    moved
-                });
+                advance_head(head, last);
             }
             let mut rest = accepted.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
@@ -135,4 +131,14 @@ async fn commit_group(
             }
         }
     }
+}
+
+/// Moves `head` forward to `seq`, never back (announcements may arrive out of order with
+/// this replica's own commits), waking the delivery loops only when it moved.
+pub fn advance_head(head: &watch::Sender<i64>, seq: i64) {
+    head.send_if_modified(|current| {
+        let moved = seq > *current;
+        *current = (*current).max(seq);
+        moved
+    });
 }

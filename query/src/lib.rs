@@ -9,6 +9,7 @@ pub mod store;
 use actix_web::web;
 use service_kit::config::{BusUserConfig, ConfigError, Env};
 use service_kit::consumer::Consumer;
+use service_kit::notify::Heard;
 use service_kit::server::{Application, StartError};
 use service_kit::startup::Startup;
 use sqlx::migrate::Migrator;
@@ -25,11 +26,21 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let mut startup = Startup::connect(config, &MIGRATOR).await?;
     let (changes, _) = broadcast::channel(4096);
     let cache = std::sync::Arc::new(cache::ViewCache::default());
-    let handler = reactions::ViewHandler::new(changes.clone(), cache.clone());
+    let (heard_changes, heard_cache) = (changes.clone(), cache.clone());
+    startup.listen(&[reactions::VIEW_CHANGES], move |_, heard| {
+        // Invalidate first: a reader told of a change must not get the page before it.
+        heard_cache.invalidate();
+        let change = match heard {
+            Heard::Message(change) => change,
+            Heard::Missed => reactions::RESYNC.to_owned(),
+        };
+        // No receivers is fine: nobody is watching.
+        let _ = heard_changes.send(change);
+    });
     let consumer = startup.start_consumer(Consumer::new(
         startup.pool.clone(),
         startup.bus.clone(),
-        handler,
+        reactions::ViewReactions,
     ));
     let state = web::Data::new(routes::QueryState {
         pool: startup.pool.clone(),

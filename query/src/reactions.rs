@@ -1,40 +1,25 @@
-//! How the view reacts to events, inside the consumer cursor's transaction. Changes are
-//! announced to live streams only after that transaction commits.
-
-use std::sync::{Arc, Mutex};
+//! How the view reacts to events, inside the consumer cursor's transaction. Each change
+//! is announced on the query database (`VIEW_CHANGES`) by the same transaction, so every
+//! replica's page cache and live streams hear of it once it commits — whichever replica
+//! applied it.
 
 use contract::{Envelope, Event};
 use serde_json::json;
 use service_kit::consumer::Reactions;
+use service_kit::notify::{self, MAX_PAYLOAD};
 use sqlx::PgConnection;
-use tokio::sync::broadcast;
 
-use crate::cache::ViewCache;
 use crate::store;
 
-pub struct ViewHandler {
-    pub changes: broadcast::Sender<String>,
-    cache: Arc<ViewCache>,
-    pending: Mutex<Vec<String>>,
-}
+/// The channel every replica listens on.
+pub const VIEW_CHANGES: &str = "query_view_changes";
 
-impl ViewHandler {
-    pub fn new(changes: broadcast::Sender<String>, cache: Arc<ViewCache>) -> Self {
-        Self {
-            changes,
-            cache,
-            pending: Mutex::new(Vec::new()),
-        }
-    }
+/// What a live stream sends when it cannot say exactly what changed: reload the view.
+pub const RESYNC: &str = r#"{"type":"Resync"}"#;
 
-    fn note(&self, change: serde_json::Value) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.push(change.to_string());
-        }
-    }
-}
+pub struct ViewReactions;
 
-impl Reactions for ViewHandler {
+impl Reactions for ViewReactions {
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -42,47 +27,34 @@ impl Reactions for ViewHandler {
         event: Event,
     ) -> Result<(), sqlx::Error> {
         let seq = envelope.seq;
-        match event {
-            Event::PostCreated(post) => {
-                if store::add_post(conn, &post).await? {
-                    self.note(json!({"type": "PostCreated", "seq": seq, "post": {"id": post.id, "title": post.title, "comments": []}}));
-                }
-            }
-            Event::CommentCreated(comment) => {
-                if store::add_comment(conn, &comment).await? {
-                    self.note(json!({"type": "CommentCreated", "seq": seq, "comment": {"id": comment.id, "postId": comment.post_id, "content": comment.content, "status": comment.status}}));
-                }
-            }
+        let change = match event {
+            Event::PostCreated(post) => store::add_post(conn, &post).await?.then(|| {
+                json!({"type": "PostCreated", "seq": seq, "post": {"id": post.id, "title": post.title, "comments": []}})
+            }),
+            Event::CommentCreated(comment) => store::add_comment(conn, &comment).await?.then(|| {
+                json!({"type": "CommentCreated", "seq": seq, "comment": {"id": comment.id, "postId": comment.post_id, "content": comment.content, "status": comment.status}})
+            }),
             Event::CommentUpdated(comment) => {
-                if store::update_comment(conn, &comment).await? {
-                    self.note(json!({"type": "CommentUpdated", "seq": seq, "comment": {"id": comment.id, "postId": comment.post_id, "content": comment.content, "status": comment.status, "version": comment.version}}));
-                } else {
+                let applied = store::update_comment(conn, &comment).await?;
+                if !applied {
                     tracing::debug!(comment_id = %comment.id, version = comment.version, "stale update ignored");
                 }
+                applied.then(|| {
+                    json!({"type": "CommentUpdated", "seq": seq, "comment": {"id": comment.id, "postId": comment.post_id, "content": comment.content, "status": comment.status, "version": comment.version}})
+                })
             }
-            Event::CommentModerated(_) => {}
+            Event::CommentModerated(_) => None,
+        };
+        if let Some(change) = change {
+            let text = change.to_string();
+            // Too big to notify: the streams are told to reload, which is always correct.
+            let payload = if text.len() <= MAX_PAYLOAD {
+                text.as_str()
+            } else {
+                RESYNC
+            };
+            notify::announce(conn, VIEW_CHANGES, payload).await?;
         }
         Ok(())
-    }
-
-    fn committed(&self) {
-        let changes = self
-            .pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default();
-        if !changes.is_empty() {
-            self.cache.invalidate();
-        }
-        for change in changes {
-            // No receivers is fine: nobody is watching.
-            let _ = self.changes.send(change);
-        }
-    }
-
-    fn aborted(&self) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.clear();
-        }
     }
 }

@@ -11,16 +11,15 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use contract::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
-use query::cache::ViewCache;
-use query::reactions::ViewHandler;
+use query::reactions::{ViewReactions, RESYNC, VIEW_CHANGES};
 use query::store;
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;
 use service_kit::consumer::Consumer;
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres};
 use testkit::{init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase};
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -345,15 +344,30 @@ async fn one_post_is_served_in_the_courses_shape_and_an_unknown_one_is_none() {
     assert!(store::post(&db.pool, "nosuchpost").await.unwrap().is_none());
 }
 
+/// The next notification on the view's channel, within the test's patience.
+async fn next_announced(listener: &mut PgListener) -> String {
+    tokio::time::timeout(WAIT, listener.recv())
+        .await
+        .expect("no notification")
+        .unwrap()
+        .payload()
+        .to_owned()
+}
+
 #[tokio::test]
-async fn the_handler_announces_each_change_after_commit_and_nothing_for_repeats() {
+async fn the_reactions_announce_each_change_on_commit_to_every_listener_and_nothing_for_repeats() {
     let db = query_db().await;
-    let (changes, mut live) = broadcast::channel(64);
-    let cache = std::sync::Arc::new(ViewCache::default());
+    // Two listeners stand for two replicas: each hears every change.
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+        listener.listen(VIEW_CHANGES).await.unwrap();
+        replicas.push(listener);
+    }
     let consumer = Consumer::new(
         db.pool.clone(),
         BusClient::new(&unreachable_bus_url(), None),
-        ViewHandler::new(changes, cache),
+        ViewReactions,
     );
     let batch = vec![
         envelope(1, &Event::PostCreated(post("p1", "t"))),
@@ -372,24 +386,53 @@ async fn the_handler_announces_each_change_after_commit_and_nothing_for_repeats(
     ];
     let outcome = consumer.deliver(batch.clone()).await.unwrap();
     assert_eq!((outcome.applied, outcome.cursor), (6, 6));
-    let mut announced = Vec::new();
-    while let Ok(change) = live.try_recv() {
-        let change: Value = serde_json::from_str(&change).unwrap();
-        announced.push(json!([change["type"], change["seq"]]));
-    }
-    assert_eq!(
-        announced,
-        vec![
-            json!(["PostCreated", 1]),
-            json!(["CommentCreated", 2]),
-            json!(["CommentUpdated", 3])
-        ]
-    );
-    assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
-
     let again = consumer.deliver(batch).await.unwrap();
     assert_eq!((again.applied, again.skipped), (0, 6));
-    assert!(live.try_recv().is_err(), "a redelivery was announced");
+    // A marker after everything: whatever was announced arrives before it.
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(VIEW_CHANGES)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for listener in &mut replicas {
+        let mut announced = Vec::new();
+        loop {
+            let payload = next_announced(listener).await;
+            if payload == "marker" {
+                break;
+            }
+            let change: Value = serde_json::from_str(&payload).unwrap();
+            announced.push(json!([change["type"], change["seq"]]));
+        }
+        assert_eq!(
+            announced,
+            vec![
+                json!(["PostCreated", 1]),
+                json!(["CommentCreated", 2]),
+                json!(["CommentUpdated", 3])
+            ],
+            "a redelivery or a stale event was announced, or a change was not"
+        );
+    }
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
+}
+
+#[tokio::test]
+async fn a_change_too_big_to_notify_is_announced_as_a_resync() {
+    let db = query_db().await;
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen(VIEW_CHANGES).await.unwrap();
+    let consumer = Consumer::new(
+        db.pool.clone(),
+        BusClient::new(&unreachable_bus_url(), None),
+        ViewReactions,
+    );
+    let long = "x".repeat(10_000);
+    consumer
+        .deliver(vec![envelope(1, &Event::PostCreated(post("p1", &long)))])
+        .await
+        .unwrap();
+    assert_eq!(next_announced(&mut listener).await, RESYNC);
 }
 
 /// A stand-in for the bus's read side: `GET /events?after=&limit=` over a fixed log.

@@ -33,13 +33,6 @@ pub trait Reactions: Send + Sync + 'static {
         envelope: &Envelope,
         event: Event,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
-
-    /// Called after the transaction that applied a delivery committed: the moment to
-    /// tell the outside world (e.g. live streams) about what changed.
-    fn committed(&self) {}
-
-    /// Called when a delivery's transaction did not commit: forget what `apply` noted.
-    fn aborted(&self) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,15 +108,10 @@ impl<H: Reactions> Consumer<H> {
         batch.dedup_by_key(|e| e.seq);
         let _serial = self.apply_lock.lock().await;
         let result = self.apply_batch(batch).await;
-        match &result {
-            Ok(outcome) if outcome.applied > 0 => {
-                self.handler.committed();
-                if let Some(waker) = &self.waker {
-                    waker.wake();
-                }
+        if let (Ok(outcome), Some(waker)) = (&result, &self.waker) {
+            if outcome.applied > 0 {
+                waker.wake();
             }
-            Ok(_) => {}
-            Err(_) => self.handler.aborted(),
         }
         result
     }
@@ -257,6 +245,13 @@ pub fn spawn_catch_up<H: Reactions>(
     mut signal: ShutdownSignal,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        if !readiness
+            .database_handle()
+            .until_schema_ready(&mut signal)
+            .await
+        {
+            return;
+        }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match consumer.catch_up().await {

@@ -5,7 +5,7 @@
 use std::future::{ready, Ready};
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
@@ -162,6 +162,30 @@ pub async fn log_requests(
         }
     });
     result
+}
+
+/// Middleware: until the schema is up to date, every request but the health checks is
+/// answered 503 with `Retry-After`, as a proxy answers for a Service with no ready pod —
+/// never a 500 from a query against tables that do not exist yet.
+pub async fn until_schema_ready(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let starting = req
+        .app_data::<web::Data<crate::server::Readiness>>()
+        .is_some_and(|readiness| !readiness.schema_ready());
+    let health = matches!(req.path(), "/healthz" | "/readyz");
+    if starting && !health {
+        let error = ApiError::Unavailable("starting: the database is not reachable yet".into());
+        let mut response = actix_web::ResponseError::error_response(&error);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 /// Registers `GET /healthz` (the process is alive) and `GET /readyz` (database reachable,

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
+use crate::db::Database;
 use crate::error::error_chain;
 use crate::shutdown::ShutdownSignal;
 use contract::{cap_batch_bytes, json_array, Publication};
@@ -65,15 +66,15 @@ impl OutboxWaker {
 }
 
 pub struct OutboxRelay {
-    pool: PgPool,
+    database: Database,
     bus: BusClient,
     waker: OutboxWaker,
 }
 
 impl OutboxRelay {
-    pub fn new(pool: PgPool, bus: BusClient) -> Self {
+    pub fn new(database: Database, bus: BusClient) -> Self {
         Self {
-            pool,
+            database,
             bus,
             waker: OutboxWaker::default(),
         }
@@ -89,6 +90,9 @@ impl OutboxRelay {
     }
 
     async fn run(self, mut signal: ShutdownSignal) {
+        if !self.database.until_schema_ready(&mut signal).await {
+            return;
+        }
         let mut backoff = Backoff::default();
         loop {
             if signal.is_triggered() {
@@ -128,7 +132,7 @@ impl OutboxRelay {
 
     /// Publishes the oldest rows and deletes exactly those; returns how many.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.database.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(RELAY_LOCK)
             .execute(&mut *tx)

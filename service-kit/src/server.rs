@@ -10,55 +10,74 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::db::Database;
 use crate::error::ApiError;
-use crate::http::{health_routes, log_requests, BodyLimit, DEFAULT_BODY_LIMIT};
+use crate::http::{health_routes, log_requests, until_schema_ready, BodyLimit, DEFAULT_BODY_LIMIT};
 use crate::shutdown::Shutdown;
 
-/// What `/readyz` checks: the database answers, and the service says it is ready (e.g.
-/// a consumer has caught up with the bus).
+/// What `/readyz` checks: the schema is up to date, the database answers now, and the
+/// service says it is ready (e.g. a consumer has caught up with the bus).
 #[derive(Clone)]
 pub struct Readiness {
-    pool: PgPool,
-    ready: Arc<AtomicBool>,
+    database: Database,
+    caught_up: Arc<AtomicBool>,
 }
 
+/// How long `/readyz` waits for the database: less than a probe's timeout.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Readiness {
-    /// Ready as soon as the database answers.
-    pub fn database(pool: PgPool) -> Self {
+    /// Ready as soon as the schema is up to date and the database answers.
+    pub fn database(database: Database) -> Self {
         Self {
-            pool,
-            ready: Arc::new(AtomicBool::new(true)),
+            database,
+            caught_up: Arc::new(AtomicBool::new(true)),
         }
     }
 
-    /// Not ready until `mark_ready` is called.
-    pub fn pending(pool: PgPool) -> Self {
+    /// Not ready until `mark_ready` is called, either.
+    pub fn pending(database: Database) -> Self {
         Self {
-            pool,
-            ready: Arc::new(AtomicBool::new(false)),
+            database,
+            caught_up: Arc::new(AtomicBool::new(false)),
         }
     }
 
     pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        self.caught_up.store(true, Ordering::Release);
     }
 
     pub fn is_marked_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    pub fn schema_ready(&self) -> bool {
+        self.database.schema_ready()
+    }
+
+    pub fn database_handle(&self) -> &Database {
+        &self.database
     }
 
     pub async fn check(&self) -> Result<(), ApiError> {
+        if !self.schema_ready() {
+            return Err(ApiError::Unavailable(
+                "starting: the database is not reachable yet".into(),
+            ));
+        }
         if !self.is_marked_ready() {
             return Err(ApiError::Unavailable(
                 "still catching up with the event bus".into(),
             ));
         }
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let ping = sqlx::query("SELECT 1").execute(&self.database.pool);
+        match tokio::time::timeout(READINESS_TIMEOUT, ping).await {
+            Ok(answer) => answer.map(|_| ()).map_err(ApiError::from),
+            Err(_) => Err(ApiError::Unavailable("the database does not answer".into())),
+        }
     }
 }
 
@@ -82,6 +101,7 @@ impl ServerSettings {
 /// A running service: its HTTP server plus the background tasks it owns.
 pub struct Application {
     port: u16,
+    database: Database,
     server: Server,
     shutdown: Shutdown,
     tasks: Vec<JoinHandle<()>>,
@@ -111,12 +131,14 @@ impl Application {
     where
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
+        let database = readiness.database_handle().clone();
         let listener = TcpListener::bind(("0.0.0.0", settings.port))?;
         let port = listener.local_addr()?.port();
         let readiness = web::Data::new(readiness);
         let body_limit = BodyLimit(settings.body_limit);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(until_schema_ready))
                 .wrap(from_fn(log_requests))
                 .app_data(readiness.clone())
                 .app_data(body_limit)
@@ -130,11 +152,18 @@ impl Application {
         tracing::info!(port, "listening");
         Ok(Self {
             port,
+            database,
             server,
             shutdown,
             tasks,
             stop: Arc::new(Notify::new()),
         })
+    }
+
+    /// Resolves once the schema is up to date: from then on the service answers requests
+    /// (before, everything but the health checks is 503).
+    pub async fn started(&self) {
+        self.database.schema_up_to_date().await;
     }
 
     pub fn port(&self) -> u16 {
@@ -201,10 +230,8 @@ async fn termination_signal() {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("connecting to the database: {0}")]
+    #[error("the database URL: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("running migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("binding the HTTP port: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -11,14 +11,16 @@ use tokio::task::JoinHandle;
 use crate::bus::BusClient;
 use crate::config::{BusUserConfig, ServiceConfig};
 use crate::consumer::{self, Consumer, ConsumerRoutes, Reactions};
-use crate::db;
+use crate::db::{self, Database};
 use crate::http::EventsAuth;
+use crate::notify::{self, Heard};
 use crate::outbox::{OutboxRelay, OutboxWaker};
 use crate::server::{Application, Readiness, ServerSettings, StartError};
 use crate::shutdown::Shutdown;
 
 pub struct Startup {
     pub pool: PgPool,
+    pub database: Database,
     pub bus: BusClient,
     config: BusUserConfig,
     readiness: Readiness,
@@ -27,32 +29,34 @@ pub struct Startup {
 }
 
 impl Startup {
-    /// Connects (waiting up to 60 s for the database) and migrates the service's schema
-    /// together with the shared tables.
+    /// Opens the database (never waiting for it: the service's schema, with the shared
+    /// tables, is brought up to date in the background as soon as it answers).
     pub async fn connect(config: BusUserConfig, migrations: &Migrator) -> Result<Self, StartError> {
-        let pool = db::open(
+        let shutdown = Shutdown::new();
+        let (database, migrating) = Database::open(
             &config.service.database_url,
-            &db::with_shared_migrations(migrations),
-        )
-        .await?;
+            db::with_shared_migrations(migrations),
+            shutdown.signal(),
+        )?;
         warn_if_open(&config.service);
         let bus = BusClient::new(
             &config.event_bus_url,
             config.service.event_bus_token.clone(),
         );
         Ok(Self {
-            readiness: Readiness::database(pool.clone()),
-            pool,
+            readiness: Readiness::database(database.clone()),
+            pool: database.pool.clone(),
+            database,
             bus,
             config,
-            shutdown: Shutdown::new(),
-            tasks: Vec::new(),
+            shutdown,
+            tasks: vec![migrating],
         })
     }
 
     /// Starts the outbox relay; wake it after each commit that appended to the outbox.
     pub fn start_outbox_relay(&mut self) -> OutboxWaker {
-        let relay = OutboxRelay::new(self.pool.clone(), self.bus.clone());
+        let relay = OutboxRelay::new(self.database.clone(), self.bus.clone());
         let waker = relay.waker();
         self.tasks.push(relay.spawn(self.shutdown.signal()));
         waker
@@ -61,7 +65,7 @@ impl Startup {
     /// Makes this service a consumer: not ready until it has caught up with the bus.
     pub fn start_consumer<H: Reactions>(&mut self, consumer: Consumer<H>) -> ConsumerRoutes<H> {
         let consumer = Arc::new(consumer);
-        self.readiness = Readiness::pending(self.pool.clone());
+        self.readiness = Readiness::pending(self.database.clone());
         self.tasks.push(consumer::spawn_catch_up(
             consumer.clone(),
             self.readiness.clone(),
@@ -73,6 +77,19 @@ impl Startup {
     /// Who may deliver to this service's `/events`, from `EVENT_BUS_TOKEN`.
     pub fn events_auth(&self) -> EventsAuth {
         EventsAuth::from_token(self.config.service.event_bus_token.as_deref())
+    }
+
+    /// Hears what any replica of this service announces on `channels` (`notify`).
+    pub fn listen<F>(&mut self, channels: &'static [&'static str], heard: F)
+    where
+        F: Fn(&str, Heard) + Send + 'static,
+    {
+        self.tasks.push(notify::spawn_listener(
+            self.database.clone(),
+            channels,
+            self.shutdown.signal(),
+            heard,
+        ));
     }
 
     pub fn shutdown_signal(&self) -> crate::shutdown::ShutdownSignal {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use contract::{Envelope, Event, PostCreated, Publication};
 use service_kit::consumer::{Consumer, ConsumerRoutes, Reactions};
+use service_kit::db::Database;
 use service_kit::http::EventsAuth;
 use service_kit::outbox::{self, OutboxRelay};
 use service_kit::server::{Application, Readiness, ServerSettings};
@@ -95,13 +96,13 @@ async fn outbox_rows_written_while_the_bus_is_down_are_published_in_order_once_i
         outbox::append(&mut tx, publication).await.unwrap();
         tx.commit().await.unwrap();
     }
-    let relay = OutboxRelay::new(producer.pool.clone(), client);
+    let relay = OutboxRelay::new(Database::migrated(producer.pool.clone()), client);
     let waker = relay.waker();
     let shutdown = Shutdown::new();
     let relay_task = relay.spawn(shutdown.signal());
     // The bus is down: the relay fails, keeps the rows, and retries.
     let no_bus = OutboxRelay::new(
-        producer.pool.clone(),
+        Database::migrated(producer.pool.clone()),
         service_kit::bus::BusClient::new(&format!("http://127.0.0.1:{port}"), None),
     );
     assert!(no_bus.publish_batch().await.is_err());
@@ -236,7 +237,7 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
         seed_bus.client().publish(chunk).await.unwrap();
     }
     let port = seed_bus.port;
-    let readiness = Readiness::pending(consumer_db.pool.clone());
+    let readiness = Readiness::pending(Database::migrated(consumer_db.pool.clone()));
     let consumer = Arc::new(Consumer::new(
         consumer_db.pool.clone(),
         seed_bus.client(),
@@ -257,7 +258,7 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
         vec![catch_up],
     )
     .unwrap();
-    let app = RunningApp::serve(app);
+    let app = RunningApp::serve(app).await;
     let consumer_url = format!("{}/events", app.url);
     app.wait_ready(WAIT).await;
     assert_eq!(

@@ -71,11 +71,15 @@ impl RunningApp {
         let app = build(config).await.unwrap_or_else(|error| {
             panic!("start-up: {}", service_kit::error::error_chain(&error))
         });
-        Self::serve(app)
+        Self::serve(app).await
     }
 
-    /// Serves `app`, which must have bound its port already (as `build` does).
-    pub fn serve(app: Application) -> Self {
+    /// Serves `app`, which must have bound its port already (as `build` does), once its
+    /// schema is up to date (until then it answers only health checks).
+    pub async fn serve(app: Application) -> Self {
+        tokio::time::timeout(REQUEST_TIMEOUT, app.started())
+            .await
+            .expect("the schema was not brought up to date in time");
         let url = format!("http://127.0.0.1:{}", app.port());
         let stop = app.stop_handle();
         let task = tokio::spawn(app.run_until_stopped());

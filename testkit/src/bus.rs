@@ -74,7 +74,7 @@ pub async fn start_bus(db: &TestDatabase, options: BusOptions<'_>) -> RunningBus
     let app = event_bus::build(config).await.expect("bus starts");
     RunningBus {
         port: app.port(),
-        app: RunningApp::serve(app),
+        app: RunningApp::serve(app).await,
     }
 }
 
