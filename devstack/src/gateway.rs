@@ -1,15 +1,16 @@
 //! One port in front of everything, routing each request as the Ingress says: the
-//! manifest's backend Service names map to the local processes. Bodies stream both ways
-//! unbuffered, so Server-Sent Events pass through as they are written, and a backend
-//! that dies mid-stream closes the browser's connection (its EventSource reconnects).
+//! manifest's backend Service names map to the ready local instances behind them, round-
+//! robin (none ready: 503 with `Retry-After`, as ingress-nginx answers). Bodies stream
+//! both ways unbuffered, so Server-Sent Events pass through as they are written, and a
+//! backend that dies mid-stream closes the browser's connection (its EventSource
+//! reconnects).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use harness::proxy::{no_ready_endpoint, proxy_client, Endpoints};
 
 use crate::ingress::Ingress;
 use crate::Error;
@@ -17,54 +18,28 @@ use crate::Error;
 /// Like ingress-nginx's default `proxy-body-size`.
 const BODY_LIMIT: usize = 1024 * 1024;
 
-/// Connection-level headers a proxy must not pass on (RFC 9110 §7.6.1), plus the ones
-/// the proxy sets itself (a client's own `X-Forwarded-For` is not trusted).
-const NOT_PASSED_ON: [&str; 13] = [
-    "connection",
-    "proxy-connection",
-    "x-forwarded-for",
-    "x-real-ip",
-    "x-forwarded-host",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
-
 struct Routes {
     ingress: Ingress,
-    /// Kubernetes Service name → local port.
-    ports: HashMap<String, u16>,
+    /// Kubernetes Service name → its ready instances.
+    services: HashMap<String, Arc<Endpoints>>,
     client: reqwest::Client,
 }
 
 pub fn start(
     ingress: Ingress,
-    ports: HashMap<String, u16>,
+    services: HashMap<String, Arc<Endpoints>>,
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, Error> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .tcp_nodelay(true)
-        // A backend's redirect goes back to the browser, as nginx passes it on.
-        .redirect(reqwest::redirect::Policy::none())
-        // Backends are always on this machine, whatever HTTP_PROXY says.
-        .no_proxy()
-        .build()?;
     let routes = web::Data::new(Routes {
         ingress,
-        ports,
-        client,
+        services,
+        client: proxy_client(),
     });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(routes.clone())
             .app_data(web::PayloadConfig::new(BODY_LIMIT))
-            .default_service(web::to(proxy))
+            .default_service(web::to(route))
     })
     .disable_signals()
     .shutdown_timeout(1)
@@ -75,67 +50,32 @@ pub fn start(
     Ok(handle)
 }
 
-async fn proxy(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) -> HttpResponse {
+async fn route(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) -> HttpResponse {
     let host = req.headers().get("host").and_then(|h| h.to_str().ok());
     let Some(backend) = routes.ingress.route(host, req.uri().path()) else {
         return HttpResponse::NotFound().body("default backend - 404\n");
     };
-    let Some(port) = routes.ports.get(&backend.service) else {
-        return HttpResponse::ServiceUnavailable().body(format!(
-            "no local process for Service {}\n",
-            backend.service
-        ));
+    let Some(endpoints) = routes.services.get(&backend.service) else {
+        return no_ready_endpoint(&backend.service);
     };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let Ok(method) = reqwest::Method::from_bytes(req.method().as_str().as_bytes()) else {
-        return HttpResponse::BadRequest().finish();
-    };
-    let mut upstream = routes
-        .client
-        .request(method, format!("http://127.0.0.1:{port}{path}"))
-        .body(body);
-    for (name, value) in req.headers() {
-        if !NOT_PASSED_ON.contains(&name.as_str()) {
-            upstream = upstream.header(name.as_str(), value.as_bytes());
-        }
-    }
     let peer = req
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    upstream = upstream
-        .header("x-forwarded-for", &peer)
-        .header("x-real-ip", &peer)
-        .header("x-forwarded-host", host.unwrap_or_default())
-        .header("x-forwarded-proto", "http");
+    // Set as ingress-nginx sets them: a client's own X-Forwarded-For is not trusted.
+    let mut headers = vec![
+        ("x-forwarded-for", peer.clone()),
+        ("x-real-ip", peer),
+        ("x-forwarded-host", host.unwrap_or_default().to_owned()),
+        ("x-forwarded-proto", "http".to_owned()),
+    ];
     if !req.headers().contains_key("x-request-id") {
         // As ingress-nginx does: the services log it with every line of the request.
-        upstream = upstream.header("x-request-id", uuid_like());
+        headers.push(("x-request-id", uuid_like()));
     }
-    let response = match upstream.send().await {
-        Ok(response) => response,
-        Err(error) => {
-            return HttpResponse::BadGateway().body(format!(
-                "{} (127.0.0.1:{port}) is not answering: {error}\n",
-                backend.service
-            ))
-        }
-    };
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut reply = HttpResponse::build(status);
-    for (name, value) in response.headers() {
-        if NOT_PASSED_ON.contains(&name.as_str()) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            reply.append_header((name, value));
-        }
-    }
-    reply.streaming(response.bytes_stream())
+    endpoints
+        .forward(&routes.client, &req, body, &headers)
+        .await
 }
 
 fn uuid_like() -> String {

@@ -11,11 +11,13 @@ mod postgres;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use harness::postgres::Server;
 use harness::process::say;
-use harness::stack::{Logs, Ports, Stack, StackOptions, DEFAULT_RUST_LOG};
+use harness::proxy::Endpoints;
+use harness::stack::{local_url, Logs, Ports, Stack, StackOptions, DEFAULT_RUST_LOG};
 use harness::topology::{self, CLIENT, SERVICES};
 use tokio::sync::watch;
 
@@ -23,12 +25,15 @@ use crate::ingress::Ingress;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: cargo run -p devstack -- [--port N] [--fresh] [--data DIR]
+const USAGE: &str =
+    "usage: cargo run -p devstack -- [--port N] [--replicas N] [--fresh] [--data DIR]
        cargo run -p devstack -- topology --json
 
-  --port N     the gateway's port (default 8080)
-  --fresh      delete the local data and start empty
-  --data DIR   where the local data lives (default .devstack/ in the repository)
+  --port N      the gateway's port (default 8080)
+  --replicas N  instances of every service (default 1; up to 8), behind a proxy on the
+                service's port that spreads requests across the ready ones
+  --fresh       delete the local data and start empty
+  --data DIR    where the local data lives (default .devstack/ in the repository)
 
 Runs PostgreSQL (data in .devstack/), the five services, the client, and a gateway that
 routes by infra/k8s/ingress-srv.yaml. Ctrl-C stops everything.
@@ -40,6 +45,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(120);
 
 struct Options {
     port: u16,
+    replicas: usize,
     fresh: bool,
     data: Option<PathBuf>,
 }
@@ -52,6 +58,7 @@ enum Command {
 fn command() -> Result<Command, String> {
     let mut options = Options {
         port: 8080,
+        replicas: 1,
         fresh: false,
         data: None,
     };
@@ -71,6 +78,13 @@ fn command() -> Result<Command, String> {
                     .next()
                     .and_then(|p| p.parse().ok())
                     .ok_or("--port needs a port number")?
+            }
+            "--replicas" => {
+                options.replicas = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=8).contains(n))
+                    .ok_or("--replicas needs a number from 1 to 8")?
             }
             "--data" => {
                 let dir = PathBuf::from(args.next().ok_or("--data needs a directory")?);
@@ -290,9 +304,14 @@ impl Local<'_> {
         })?;
         let hosts: Vec<String> = ingress.hosts().map(str::to_owned).collect();
         let mut servers = Vec::new();
-        let mut outcome = unless_interrupted(&interrupted, stack.start()).await;
+        // Up at once, like an ingress in front of pods that are still starting: the page
+        // loads, and the API answers 503 with Retry-After until an instance is ready.
+        let client = Endpoints::new(CLIENT.k8s_service, vec![local_url(CLIENT.port)]);
+        let client_probe = client.probe();
+        let mut outcome =
+            self.start_servers(ingress, &ports, &stack, client, listeners, &mut servers);
         if outcome.is_ok() {
-            outcome = self.start_servers(ingress, ports, listeners, &mut servers);
+            outcome = unless_interrupted(&interrupted, stack.start()).await;
         }
         if outcome.is_ok() {
             self.announce(&token, &hosts);
@@ -302,6 +321,7 @@ impl Local<'_> {
         for server in servers {
             server.stop(false).await;
         }
+        client_probe.abort();
         stack.stop().await;
         outcome
     }
@@ -313,7 +333,7 @@ impl Local<'_> {
         }
         StackOptions {
             services: SERVICES.iter().map(|s| s.name).collect(),
-            replicas: 1,
+            replicas: self.options.replicas,
             ports: Ports::Topology,
             binaries: self.binaries.clone(),
             logs: Logs::Prefixed,
@@ -329,7 +349,9 @@ impl Local<'_> {
     fn start_servers(
         &self,
         ingress: Ingress,
-        ports: HashMap<String, u16>,
+        ports: &HashMap<String, u16>,
+        stack: &Stack,
+        client: Arc<Endpoints>,
         listeners: Listeners,
         servers: &mut Vec<actix_web::dev::ServerHandle>,
     ) -> Result<(), Error> {
@@ -337,7 +359,13 @@ impl Local<'_> {
             self.root.join("client/dist"),
             listeners.client,
         )?);
-        servers.push(gateway::start(ingress, ports, listeners.gateway)?);
+        let mut services: HashMap<String, Arc<Endpoints>> = ports
+            .keys()
+            .filter(|name| *name != CLIENT.k8s_service)
+            .map(|name| (name.clone(), stack.endpoints(name)))
+            .collect();
+        services.insert(CLIENT.k8s_service.to_owned(), client);
+        servers.push(gateway::start(ingress, services, listeners.gateway)?);
         Ok(())
     }
 

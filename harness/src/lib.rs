@@ -6,5 +6,6 @@
 pub mod api;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod stack;
 pub mod topology;

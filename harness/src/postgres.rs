@@ -73,7 +73,11 @@ impl Server {
     /// it first when `data` holds none. A server left running on `data` by a run that
     /// was killed is stopped first, so it restarts cleanly.
     pub async fn start(data: &Path, options: &str) -> io::Result<Self> {
-        let port = free_port()?;
+        Self::start_on(data, free_port()?, options).await
+    }
+
+    /// As `start`, on `port` (a restarted server keeps its address).
+    pub async fn start_on(data: &Path, port: u16, options: &str) -> io::Result<Self> {
         let (dir, options) = (data.to_owned(), options.to_owned());
         blocking(move || {
             if dir.join("postmaster.pid").exists() {
@@ -93,7 +97,11 @@ impl Server {
 
     /// `postgres://postgres@127.0.0.1:<port>`, without a database.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}", self.port)
+        server_url(self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The URL of database `name`, created unless it exists.
@@ -106,6 +114,11 @@ impl Server {
         let data = self.data.clone();
         blocking(move || stop(&data, StopMode::Fast)).await
     }
+}
+
+/// The URL of a server on this machine's `port`, without a database.
+pub fn server_url(port: u16) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}")
 }
 
 /// `pg_ctl` and `initdb` block while they work; keep them off the async workers.

@@ -7,7 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use tokio::task::JoinHandle;
+
 use crate::process::{Ended, HarnessError, Log, Prefix, Process, Program, STOP_GRACE};
+use crate::proxy::{self, Endpoints};
 use crate::topology::{self, Service};
 
 /// Which port each instance listens on.
@@ -32,7 +38,8 @@ pub enum Logs {
 pub struct StackOptions {
     /// The services to run, by name; the topology's order decides the start order.
     pub services: Vec<&'static str>,
-    /// Instances of each service.
+    /// Instances of each service. Above one, each service gets a proxy on its port that
+    /// spreads requests across its ready instances, as a Kubernetes Service does.
     pub replicas: usize,
     pub ports: Ports,
     /// The directory holding the service binaries (`target/<profile>`).
@@ -123,9 +130,20 @@ pub fn local_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// How the others reach one service: its address, and the ready instances behind it.
+#[derive(Debug)]
+struct Front {
+    service: &'static Service,
+    address: String,
+    endpoints: Arc<Endpoints>,
+    proxy: Option<ServerHandle>,
+    prober: JoinHandle<()>,
+}
+
 #[derive(Debug)]
 pub struct Stack {
     instances: Vec<Instance>,
+    fronts: Vec<Front>,
     ready_deadline: Duration,
 }
 
@@ -146,28 +164,52 @@ impl Stack {
             services.push(service);
         }
         services.sort_by_key(|s| (s.stage(), topology_index(s)));
+        let replicas = options.replicas.max(1);
+        let proxied = replicas > 1;
         let mut ports = Vec::new();
+        let mut fronts = Vec::new();
         for service in &services {
-            for index in 0..options.replicas.max(1) {
-                let port = match options.ports {
-                    Ports::Topology if index == 0 => service.port,
-                    _ => crate::postgres::free_port()?,
+            let service_port = match options.ports {
+                Ports::Topology => service.port,
+                Ports::Free => crate::postgres::free_port()?,
+            };
+            let mut urls = Vec::new();
+            for index in 0..replicas {
+                // Behind a proxy on the Service's port, or alone on it.
+                let port = if proxied {
+                    crate::postgres::free_port()?
+                } else {
+                    service_port
                 };
                 ports.push((*service, index, port));
+                urls.push(local_url(port));
             }
+            let endpoints = Endpoints::new(service.k8s_service, urls);
+            let proxy = if proxied {
+                let listener = std::net::TcpListener::bind(("127.0.0.1", service_port))?;
+                Some(proxy::serve_service(endpoints.clone(), listener)?)
+            } else {
+                None
+            };
+            fronts.push(Front {
+                service,
+                address: local_url(service_port),
+                prober: endpoints.probe(),
+                endpoints,
+                proxy,
+            });
         }
-        // Others reach a service at its first instance, as at a Kubernetes Service.
-        let first = |service: &Service| {
-            ports
+        let address = |service: &Service| {
+            fronts
                 .iter()
-                .find(|(s, i, _)| s.name == service.name && *i == 0)
-                .map(|(_, _, port)| local_url(*port))
+                .find(|f| f.service.name == service.name)
+                .map(|f| f.address.clone())
         };
-        let bus_url = first(topology::event_bus()).unwrap_or_default();
+        let bus_url = address(topology::event_bus()).unwrap_or_default();
         let subscribers = services
             .iter()
             .filter(|s| s.consumes_events())
-            .filter_map(|s| first(s).map(|url| format!("{}={url}/events", s.name)))
+            .filter_map(|s| address(s).map(|url| format!("{}={url}/events", s.name)))
             .collect::<Vec<_>>()
             .join(",");
         let mut instances = Vec::new();
@@ -179,7 +221,7 @@ impl Stack {
                     binary.display()
                 ))));
             }
-            let label = if options.replicas > 1 {
+            let label = if replicas > 1 {
                 format!("{}#{}", service.name, index + 1)
             } else {
                 service.name.to_owned()
@@ -219,6 +261,7 @@ impl Stack {
         }
         Ok(Self {
             instances,
+            fronts,
             ready_deadline: options.ready_deadline,
         })
     }
@@ -248,6 +291,10 @@ impl Stack {
                 .filter(|i| names.contains(&i.service.name))
             {
                 instance.wait_ready(deadline).await?;
+                // Ready now: in rotation at once, not at the next probe.
+                if let Some(front) = self.fronts.iter().find(|f| f.service == instance.service) {
+                    front.endpoints.admit(&instance.url());
+                }
             }
         }
         Ok(())
@@ -255,16 +302,62 @@ impl Stack {
 
     /// Starts every instance of `service` (again) and waits until each is ready.
     pub async fn start_service(&mut self, service: &str) -> Result<(), HarnessError> {
-        let deadline = self.ready_deadline;
-        for instance in self.instances_mut(service) {
-            instance.start();
-            instance.wait_ready(deadline).await?;
+        let count = self.instances(service).count();
+        for index in 0..count {
+            self.start_instance(service, index).await?;
         }
         Ok(())
     }
 
+    /// Takes instance `index` of `service` out of its Service's rotation, waits for the
+    /// requests it is answering, then stops it with SIGTERM (SIGKILL after the grace).
+    pub async fn stop_instance(
+        &mut self,
+        service: &str,
+        index: usize,
+    ) -> Result<Ended, HarnessError> {
+        let endpoints = self.endpoints(service);
+        let instance = self.instance_mut(service, index)?;
+        endpoints.drain(&instance.url(), STOP_GRACE).await;
+        instance.stop().await
+    }
+
+    /// Starts instance `index` of `service` (again), waits until it is ready, and puts
+    /// it back into its Service's rotation.
+    pub async fn start_instance(
+        &mut self,
+        service: &str,
+        index: usize,
+    ) -> Result<(), HarnessError> {
+        let deadline = self.ready_deadline;
+        let endpoints = self.endpoints(service);
+        let instance = self.instance_mut(service, index)?;
+        instance.start();
+        instance.wait_ready(deadline).await?;
+        endpoints.admit(&instance.url());
+        Ok(())
+    }
+
+    fn instance_mut(&mut self, service: &str, index: usize) -> Result<&mut Instance, HarnessError> {
+        self.instances
+            .iter_mut()
+            .find(|i| i.service.name == service && i.index == index)
+            .ok_or_else(|| HarnessError::NotRunning {
+                what: format!("{service}#{}", index + 1),
+            })
+    }
+
+    /// The ready instances behind `service`, as its Kubernetes Service has them.
+    pub fn endpoints(&self, service: &str) -> Arc<Endpoints> {
+        self.fronts
+            .iter()
+            .find(|f| f.service.name == service || f.service.k8s_service == service)
+            .map(|f| f.endpoints.clone())
+            .unwrap_or_else(|| Endpoints::new(service, Vec::new()))
+    }
+
     /// Stops every running instance with SIGTERM, the last stage first (the instances of
-    /// one stage together); how each ended.
+    /// one stage together), then the Services' proxies; how each instance ended.
     pub async fn stop(&mut self) -> Vec<(String, Ended)> {
         let mut stages: Vec<u8> = self.instances.iter().map(|i| i.service.stage()).collect();
         stages.dedup();
@@ -284,14 +377,21 @@ impl Stack {
                 }
             }
         }
+        for front in &mut self.fronts {
+            if let Some(proxy) = front.proxy.take() {
+                proxy.stop(false).await;
+            }
+        }
         ended
     }
 
-    /// Where the others reach `service`: its first instance.
+    /// Where the others reach `service`: its Service's address (its proxy, or its one
+    /// instance).
     pub fn url(&self, service: &str) -> String {
-        self.instances(service)
-            .next()
-            .map(Instance::url)
+        self.fronts
+            .iter()
+            .find(|f| f.service.name == service)
+            .map(|f| f.address.clone())
             .unwrap_or_else(|| panic!("{service} is not part of this stack"))
     }
 
@@ -318,6 +418,14 @@ impl Stack {
     pub fn set_env(&mut self, service: &str, name: &str, value: &str) {
         for instance in self.instances_mut(service) {
             instance.process.program.set_env(name, value);
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for front in &self.fronts {
+            front.prober.abort();
         }
     }
 }

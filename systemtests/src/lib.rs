@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use harness::api::ApiClient;
+use harness::postgres::{Server, StopMode};
 use harness::process::Ended;
 use harness::stack::{binaries_of_this_build, Stack, StackOptions};
 use harness::topology::SERVICES;
@@ -22,6 +23,69 @@ pub struct Microblog {
     api: ApiClient,
 }
 
+/// A PostgreSQL server of one test's own, to stop, restart or start late: the shared
+/// test cluster must never go away under other tests.
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+    server: Option<Server>,
+}
+
+/// Durability is pointless for a server deleted after the test; speed is not.
+const PRIVATE_OPTIONS: &str = "-c fsync=off -c synchronous_commit=off -c max_connections=200";
+
+impl PrivatePostgres {
+    /// A port and a directory, and no server yet.
+    pub fn reserve() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "microblog-systemtest-pg-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("server directory");
+        Self {
+            dir,
+            port: harness::postgres::free_port().expect("a free port"),
+            server: None,
+        }
+    }
+
+    /// `postgres://…/<database>` on this server, whether it runs yet or not.
+    pub fn url(&self, database: &str) -> String {
+        format!("{}/{database}", harness::postgres::server_url(self.port))
+    }
+
+    /// Starts (or restarts) the server on its port, with one database per service.
+    pub async fn start(&mut self) {
+        let server = Server::start_on(&self.dir.join("data"), self.port, PRIVATE_OPTIONS)
+            .await
+            .unwrap_or_else(|error| panic!("start PostgreSQL: {error}"));
+        for service in &SERVICES {
+            server
+                .database(service.database)
+                .await
+                .expect("create database");
+        }
+        self.server = Some(server);
+    }
+
+    /// Stops the server cleanly (clients are disconnected).
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("stop PostgreSQL");
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            let _ = harness::postgres::stop(&self.dir.join("data"), StopMode::Immediate);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Microblog {
     /// Every service once.
     pub async fn start() -> Self {
@@ -29,13 +93,43 @@ impl Microblog {
     }
 
     /// Every service as `replicas` instances on one database each, as Kubernetes runs
-    /// a scaled Deployment; the others reach a service at its first instance.
+    /// a scaled Deployment, each service behind a proxy that spreads requests across its
+    /// ready instances as a Service does.
     pub async fn start_replicated(replicas: usize) -> Self {
-        testkit::init_test_logging();
         let mut databases = HashMap::new();
         for service in &SERVICES {
             databases.insert(service.name, TestDatabase::new(&Migrator::DEFAULT).await);
         }
+        let urls: HashMap<&str, String> =
+            databases.iter().map(|(k, v)| (*k, v.url.clone())).collect();
+        let mut blog = Self::plan(replicas, &[], |service| urls[service].clone());
+        blog.databases = databases;
+        blog.stack
+            .start()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        blog
+    }
+
+    /// Every service as `replicas` instances with its database on `postgres` (which
+    /// need not run yet), with `env` for all; nothing started.
+    pub fn on_private_postgres(
+        replicas: usize,
+        postgres: &PrivatePostgres,
+        env: &[(&'static str, &str, &str)],
+    ) -> Self {
+        Self::plan(replicas, env, |service| {
+            let database = harness::topology::service(service).map_or("", |s| s.database);
+            postgres.url(database)
+        })
+    }
+
+    fn plan(
+        replicas: usize,
+        env: &[(&'static str, &str, &str)],
+        database_url: impl Fn(&str) -> String,
+    ) -> Self {
+        testkit::init_test_logging();
         let logs =
             std::env::temp_dir().join(format!("microblog-systemtest-{}", std::process::id()));
         std::fs::create_dir_all(&logs).expect("log directory");
@@ -46,19 +140,44 @@ impl Microblog {
             "300",
         );
         options.replicas = replicas;
-        let stack = Stack::plan(&options, |service| databases[service.name].url.clone())
+        for (service, name, value) in env {
+            options = options.with_env(service, name, *value);
+        }
+        let stack = Stack::plan(&options, |service| database_url(service.name))
             .unwrap_or_else(|error| panic!("{error}"));
-        let mut blog = Self {
+        Self {
             stack,
-            databases,
+            databases: HashMap::new(),
             logs,
             api: ApiClient::new(),
-        };
-        blog.stack
+        }
+    }
+
+    /// Starts every instance, the bus first, and waits until all are ready.
+    pub async fn start_all(&mut self) {
+        self.stack
             .start()
             .await
             .unwrap_or_else(|error| panic!("{error}"));
-        blog
+    }
+
+    /// Starts every instance without waiting for any to be ready.
+    pub fn launch_all(&mut self) {
+        for service in &SERVICES {
+            for instance in self.stack.instances_mut(service.name) {
+                instance.start();
+            }
+        }
+    }
+
+    /// Each instance's process id (none for one that is not running).
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.stack.all().map(|i| i.process.pid()).collect()
+    }
+
+    /// No instance has exited.
+    pub fn all_running(&self) -> bool {
+        self.stack.all().all(|i| !i.process.has_ended())
     }
 
     pub fn url(&self, service: &str) -> String {
@@ -78,14 +197,31 @@ impl Microblog {
         &self.api
     }
 
-    /// SIGTERM, and the service must exit 0.
+    /// SIGTERM to every instance, each of which must exit 0.
     pub async fn stop(&mut self, service: &str) {
-        for instance in self.stack.instances_mut(service) {
-            match instance.stop().await {
-                Ok(Ended::Stopped(Some(status))) if status.success() => {}
-                other => panic!("{service} did not exit 0 on SIGTERM: {other:?}"),
-            }
+        let count = self.stack.instances(service).count();
+        for index in 0..count {
+            self.stop_instance(service, index).await;
         }
+    }
+
+    /// Instance `index` out of rotation, then SIGTERM; it must exit 0.
+    pub async fn stop_instance(&mut self, service: &str, index: usize) {
+        match self.stack.stop_instance(service, index).await {
+            Ok(Ended::Stopped(Some(status))) if status.success() => {}
+            other => panic!(
+                "{service}#{} did not exit 0 on SIGTERM: {other:?}",
+                index + 1
+            ),
+        }
+    }
+
+    /// Starts instance `index` again, waits until it is ready and back in rotation.
+    pub async fn start_instance(&mut self, service: &str, index: usize) {
+        self.stack
+            .start_instance(service, index)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
     }
 
     /// SIGKILL, as a crash.

@@ -1,0 +1,155 @@
+//! The database as Kubernetes treats it: restarted under running services, or not there
+//! yet when they start (a fresh cluster still pulling `postgres`). No process may exit;
+//! each is not ready while its database is away and ready again after.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::api::ApiClient;
+use harness::topology::SERVICES;
+use systemtests::{Microblog, PrivatePostgres};
+use testkit::eventually;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Every instance's `/healthz` and `/readyz` status.
+async fn health(blog: &Microblog) -> Vec<(String, u16, u16)> {
+    let api = ApiClient::new();
+    let mut all = Vec::new();
+    for service in &SERVICES {
+        for url in blog.instance_urls(service.name) {
+            let alive = api
+                .get(&format!("{url}/healthz"))
+                .await
+                .map_or(0, |(s, _)| s);
+            let ready = api
+                .get(&format!("{url}/readyz"))
+                .await
+                .map_or(0, |(s, _)| s);
+            all.push((format!("{} {url}", service.name), alive, ready));
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_under_load_is_survived_without_a_process_restart() {
+    let mut postgres = PrivatePostgres::reserve();
+    postgres.start().await;
+    let mut blog = Microblog::on_private_postgres(1, &postgres, &[]);
+    blog.start_all().await;
+    let pids = blog.pids();
+
+    let writing = Arc::new(AtomicBool::new(true));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (api, posts) = (ApiClient::new(), blog.url("posts"));
+        let (writing, acknowledged) = (writing.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while writing.load(Ordering::Acquire) {
+                // Refused while the database is away: only what was acknowledged counts.
+                if let Ok(post) = api.create_post(&posts, &format!("under load {n}")).await {
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(post["id"].as_str().unwrap().to_owned());
+                }
+                n += 1;
+            }
+        })
+    };
+    let before = || acknowledged.lock().unwrap().len();
+    eventually(WAIT, "writes before the restart", || async {
+        before() >= 20
+    })
+    .await;
+
+    postgres.stop().await;
+    eventually(WAIT, "every instance alive but not ready", || async {
+        health(&blog)
+            .await
+            .iter()
+            .all(|(_, alive, ready)| *alive == 200 && *ready == 503)
+    })
+    .await;
+    postgres.start().await;
+    let back = Instant::now();
+    eventually(WAIT, "every instance ready again", || async {
+        health(&blog)
+            .await
+            .iter()
+            .all(|(_, _, ready)| *ready == 200)
+    })
+    .await;
+    eprintln!(
+        "ready again {} ms after PostgreSQL came back",
+        back.elapsed().as_millis()
+    );
+    let during = before();
+    eventually(WAIT, "writes after the restart", || async {
+        before() >= during + 20
+    })
+    .await;
+    writing.store(false, Ordering::Release);
+    writer.await.unwrap();
+
+    assert!(blog.all_running(), "a process exited");
+    assert_eq!(blog.pids(), pids, "a process was restarted");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eventually(WAIT, "every acknowledged post in the view", || async {
+        let view = blog.view().await;
+        acknowledged.iter().all(|id| view.get(id).is_some())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_started_90_s_before_their_database_wait_for_it_and_are_ready_soon_after() {
+    let mut postgres = PrivatePostgres::reserve();
+    let mut blog = Microblog::on_private_postgres(1, &postgres, &[]);
+    blog.launch_all();
+    eventually(WAIT, "every instance alive", || async {
+        health(&blog)
+            .await
+            .iter()
+            .all(|(_, alive, _)| *alive == 200)
+    })
+    .await;
+    // The 90 s are the scenario (a node still pulling the image), not a wait for
+    // something to happen: all the while, every process lives and says it is not ready.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(90) {
+        for (what, alive, ready) in health(&blog).await {
+            assert_eq!((alive, ready), (200, 503), "{what} without its database");
+        }
+        assert!(
+            blog.all_running(),
+            "a process gave up waiting for its database"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    postgres.start().await;
+    let up = Instant::now();
+    eventually(Duration::from_secs(30), "every instance ready", || async {
+        health(&blog)
+            .await
+            .iter()
+            .all(|(_, _, ready)| *ready == 200)
+    })
+    .await;
+    eprintln!(
+        "ready {} ms after the database came up",
+        up.elapsed().as_millis()
+    );
+    assert!(blog.all_running());
+    let post = blog.create_post("the database came").await;
+    let id = post["id"].as_str().unwrap().to_owned();
+    eventually(WAIT, "the post in the view", || async {
+        blog.view().await.get(&id).is_some()
+    })
+    .await;
+}
