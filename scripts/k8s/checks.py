@@ -879,6 +879,20 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
                     if port is not None and port not in names and port not in numbers:
                         report.error(f"{res}: {c.get('name')} {probe_name} uses port {port!r}, which the container does not expose")
 
+    # PodDisruptionBudgets: one per Deployment, selecting exactly its pods, never
+    # blocking a drain of a one-replica Deployment.
+    budgets = by_kind.get("PodDisruptionBudget", [])
+    for pdb in budgets:
+        spec = pdb.doc.get("spec") or {}
+        if not pods_selected(spec.get("selector") or {}, pdb.namespace):
+            report.error(f"{pdb}: selector {spec.get('selector')} selects no pod template")
+        if "minAvailable" in spec:
+            report.error(f"{pdb}: use maxUnavailable: minAvailable blocks every drain of a Deployment scaled to one replica")
+    for depl in by_kind.get("Deployment", []):
+        covering = [p for p in budgets if p.namespace == depl.namespace and selects((p.doc.get("spec") or {}).get("selector") or {}, pod_labels(depl))]
+        if len(covering) != 1:
+            report.error(f"{depl}: expected one PodDisruptionBudget selecting its pods, found {len(covering)}")
+
     # NetworkPolicies: each selects some pod; each peer selects some pod; ports exist.
     for pol in by_kind.get("NetworkPolicy", []):
         spec = pol.doc.get("spec") or {}

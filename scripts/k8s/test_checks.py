@@ -190,6 +190,18 @@ def cases(topology: checks.Topology) -> list[Case]:
             [r"Service/query-srv.*selector \{'app': 'querry'\} matches no pod template"],
         ),
         Case(
+            "a PodDisruptionBudget that selects no pod, leaving its Deployment without one",
+            "refs",
+            lambda r: edit(r, "infra/k8s/query-depl.yaml", "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app: query\n", "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app: querry\n"),
+            [r"PodDisruptionBudget/query-pdb.*selects no pod template", r"Deployment/query-depl.*expected one PodDisruptionBudget selecting its pods, found 0"],
+        ),
+        Case(
+            "a PodDisruptionBudget with minAvailable, which blocks draining a one-replica Deployment",
+            "refs",
+            lambda r: edit(r, "infra/k8s/posts-depl.yaml", "  maxUnavailable: 1\n", "  minAvailable: 1\n"),
+            [r"PodDisruptionBudget/posts-pdb.*use maxUnavailable"],
+        ),
+        Case(
             "an Ingress backend naming a Service that does not exist",
             "refs",
             lambda r: edit(r, "infra/k8s/ingress-srv.yaml", "name: comments-srv", "name: comment-srv"),

@@ -155,7 +155,8 @@ pub async fn log_requests(
         Err(err) => err.as_response_error().status_code().as_u16(),
     };
     span.in_scope(|| {
-        if quiet && status < 400 {
+        // Probes come many times a minute; their answers are in /readyz itself.
+        if quiet {
             tracing::debug!(%method, %path, status, latency_ms, "request");
         } else {
             tracing::info!(%method, %path, status, latency_ms, "request");
@@ -199,11 +200,15 @@ async fn healthz() -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(
-    readiness: web::Data<crate::server::Readiness>,
-) -> Result<actix_web::HttpResponse, ApiError> {
-    readiness.check().await?;
-    Ok(actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
+async fn readyz(readiness: web::Data<crate::server::Readiness>) -> actix_web::HttpResponse {
+    match readiness.check().await {
+        Ok(()) => actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        // Not ready is an answer, not a failure: probes ask many times a minute, and
+        // why it is not ready is logged where it happens (the database, the catch-up).
+        Err(not_ready) => actix_web::HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "error": { "code": not_ready.code(), "message": not_ready.to_string() } }),
+        ),
+    }
 }
 
 /// Who may use `/events`: the holder of the shared secret (`EVENT_BUS_TOKEN`), or —
