@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::api::ApiClient;
@@ -180,6 +182,34 @@ impl Microblog {
         self.stack.all().all(|i| !i.process.has_ended())
     }
 
+    /// Every instance's `/healthz` and `/readyz` status (0: no answer), by instance.
+    pub async fn health(&self) -> Vec<(String, u16, u16)> {
+        let mut all = Vec::new();
+        for instance in self.stack.all() {
+            let url = instance.url();
+            let status = |path: &'static str| {
+                let url = format!("{url}/{path}");
+                async move { self.api.get(&url).await.map_or(0, |(status, _)| status) }
+            };
+            let (alive, ready) = (status("healthz").await, status("readyz").await);
+            all.push((format!("{} {url}", instance.service.name), alive, ready));
+        }
+        all
+    }
+
+    /// Whether every instance answers `/readyz` with 200.
+    pub async fn all_ready(&self) -> bool {
+        self.health()
+            .await
+            .iter()
+            .all(|(_, _, ready)| *ready == 200)
+    }
+
+    /// The view as one query instance (`query`, its base URL) serves it.
+    pub async fn view_of(&self, query: &str) -> Value {
+        self.get_json(&format!("{query}/posts")).await
+    }
+
     pub fn url(&self, service: &str) -> String {
         self.stack.url(service)
     }
@@ -313,4 +343,58 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
+}
+
+/// Posts created one after another until stopped, as a user keeps writing during an
+/// outage or a rollout: each acknowledged post's id is kept.
+pub struct ContinuousWriter {
+    writing: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ContinuousWriter {
+    /// Writes to `posts` (a base URL). A refused write fails the test unless
+    /// `refusals_expected` (the database is meant to go away).
+    pub fn start(posts: String, refusals_expected: bool) -> Self {
+        let writing = Arc::new(AtomicBool::new(true));
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let (flag, ids) = (writing.clone(), acknowledged.clone());
+        let task = tokio::spawn(async move {
+            let api = ApiClient::new();
+            let mut n = 0;
+            while flag.load(Ordering::Acquire) {
+                match api
+                    .create_post(&posts, &format!("written continuously {n}"))
+                    .await
+                {
+                    Ok(post) => ids
+                        .lock()
+                        .expect("ids")
+                        .push(post["id"].as_str().unwrap_or_default().to_owned()),
+                    Err(error) if !refusals_expected => panic!("write {n} failed: {error}"),
+                    Err(_) => {}
+                }
+                n += 1;
+            }
+        });
+        Self {
+            writing,
+            acknowledged,
+            task,
+        }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.lock().expect("ids").len()
+    }
+
+    /// Stops writing; the ids of every acknowledged post.
+    pub async fn stop(self) -> Vec<String> {
+        self.writing.store(false, Ordering::Release);
+        self.task.await.expect("the writer failed");
+        let ids = self.acknowledged.lock().expect("ids").clone();
+        ids
+    }
 }

@@ -4,36 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::api::ApiClient;
-use harness::topology::SERVICES;
-use systemtests::{Microblog, PrivatePostgres};
+use systemtests::{ContinuousWriter, Microblog, PrivatePostgres};
 use testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Every instance's `/healthz` and `/readyz` status.
-async fn health(blog: &Microblog) -> Vec<(String, u16, u16)> {
-    let api = ApiClient::new();
-    let mut all = Vec::new();
-    for service in &SERVICES {
-        for url in blog.instance_urls(service.name) {
-            let alive = api
-                .get(&format!("{url}/healthz"))
-                .await
-                .map_or(0, |(s, _)| s);
-            let ready = api
-                .get(&format!("{url}/readyz"))
-                .await
-                .map_or(0, |(s, _)| s);
-            all.push((format!("{} {url}", service.name), alive, ready));
-        }
-    }
-    all
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarted_under_load_is_survived_without_a_process_restart() {
@@ -43,34 +19,15 @@ async fn postgresql_restarted_under_load_is_survived_without_a_process_restart()
     blog.start_all().await;
     let pids = blog.pids();
 
-    let writing = Arc::new(AtomicBool::new(true));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let (api, posts) = (ApiClient::new(), blog.url("posts"));
-        let (writing, acknowledged) = (writing.clone(), acknowledged.clone());
-        tokio::spawn(async move {
-            let mut n = 0;
-            while writing.load(Ordering::Acquire) {
-                // Refused while the database is away: only what was acknowledged counts.
-                if let Ok(post) = api.create_post(&posts, &format!("under load {n}")).await {
-                    acknowledged
-                        .lock()
-                        .unwrap()
-                        .push(post["id"].as_str().unwrap().to_owned());
-                }
-                n += 1;
-            }
-        })
-    };
-    let before = || acknowledged.lock().unwrap().len();
+    let writer = ContinuousWriter::start(blog.url("posts"), true);
     eventually(WAIT, "writes before the restart", || async {
-        before() >= 20
+        writer.acknowledged() >= 20
     })
     .await;
 
     postgres.stop().await;
     eventually(WAIT, "every instance alive but not ready", || async {
-        health(&blog)
+        blog.health()
             .await
             .iter()
             .all(|(_, alive, ready)| *alive == 200 && *ready == 503)
@@ -78,28 +35,20 @@ async fn postgresql_restarted_under_load_is_survived_without_a_process_restart()
     .await;
     postgres.start().await;
     let back = Instant::now();
-    eventually(WAIT, "every instance ready again", || async {
-        health(&blog)
-            .await
-            .iter()
-            .all(|(_, _, ready)| *ready == 200)
-    })
-    .await;
+    eventually(WAIT, "every instance ready again", || blog.all_ready()).await;
     eprintln!(
         "ready again {} ms after PostgreSQL came back",
         back.elapsed().as_millis()
     );
-    let during = before();
+    let during = writer.acknowledged();
     eventually(WAIT, "writes after the restart", || async {
-        before() >= during + 20
+        writer.acknowledged() >= during + 20
     })
     .await;
-    writing.store(false, Ordering::Release);
-    writer.await.unwrap();
+    let acknowledged = writer.stop().await;
 
     assert!(blog.all_running(), "a process exited");
     assert_eq!(blog.pids(), pids, "a process was restarted");
-    let acknowledged = acknowledged.lock().unwrap().clone();
     eventually(WAIT, "every acknowledged post in the view", || async {
         let view = blog.view().await;
         acknowledged.iter().all(|id| view.get(id).is_some())
@@ -113,7 +62,7 @@ async fn services_started_90_s_before_their_database_wait_for_it_and_are_ready_s
     let mut blog = Microblog::on_private_postgres(1, &postgres, &[]);
     blog.launch_all();
     eventually(WAIT, "every instance alive", || async {
-        health(&blog)
+        blog.health()
             .await
             .iter()
             .all(|(_, alive, _)| *alive == 200)
@@ -123,7 +72,7 @@ async fn services_started_90_s_before_their_database_wait_for_it_and_are_ready_s
     // something to happen: all the while, every process lives and says it is not ready.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(90) {
-        for (what, alive, ready) in health(&blog).await {
+        for (what, alive, ready) in blog.health().await {
             assert_eq!((alive, ready), (200, 503), "{what} without its database");
         }
         assert!(
@@ -135,7 +84,7 @@ async fn services_started_90_s_before_their_database_wait_for_it_and_are_ready_s
     postgres.start().await;
     let up = Instant::now();
     eventually(Duration::from_secs(30), "every instance ready", || async {
-        health(&blog)
+        blog.health()
             .await
             .iter()
             .all(|(_, _, ready)| *ready == 200)

@@ -5,14 +5,13 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::api::{ApiClient, LiveStream};
 use harness::stack::{binaries_of_this_build, Stack, StackOptions};
 use serde_json::Value;
-use systemtests::Microblog;
+use systemtests::{ContinuousWriter, Microblog};
 use testkit::{eventually, RecordingSubscriber, TestDatabase};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -59,10 +58,7 @@ async fn every_replica_serves_every_post_and_moderation_and_no_comment_gets_a_fa
     }
     // Both views are read (and cached) before the writes, so a stale cache would show.
     for query in &queries {
-        blog.api()
-            .get_json(&format!("{query}/posts"))
-            .await
-            .unwrap();
+        blog.view_of(query).await;
     }
     let mut expected: HashMap<String, String> = HashMap::new();
     let mut posts = Vec::new();
@@ -98,11 +94,7 @@ async fn every_replica_serves_every_post_and_moderation_and_no_comment_gets_a_fa
             WAIT,
             &format!("every post and final status on {query}"),
             || async {
-                let view = blog
-                    .api()
-                    .get_json(&format!("{query}/posts"))
-                    .await
-                    .unwrap();
+                let view = blog.view_of(query).await;
                 posts.iter().all(|(post, comment, status)| {
                     view[post]["comments"].as_array().is_some_and(|c| {
                         c.iter()
@@ -122,46 +114,21 @@ async fn every_replica_serves_every_post_and_moderation_and_no_comment_gets_a_fa
 async fn a_rolling_restart_of_every_service_under_continuous_writes_fails_no_write_and_loses_nothing(
 ) {
     let mut blog = Microblog::start_replicated(2).await;
-    let writing = Arc::new(AtomicBool::new(true));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let (api, posts) = (ApiClient::new(), blog.url("posts"));
-        let (writing, acknowledged) = (writing.clone(), acknowledged.clone());
-        tokio::spawn(async move {
-            let mut n = 0;
-            while writing.load(Ordering::Acquire) {
-                let post = api
-                    .create_post(&posts, &format!("written during the rollout {n}"))
-                    .await
-                    .unwrap_or_else(|error| panic!("write {n} failed during the rollout: {error}"));
-                acknowledged
-                    .lock()
-                    .unwrap()
-                    .push(post["id"].as_str().unwrap().to_owned());
-                n += 1;
-            }
-        })
-    };
+    let writer = ContinuousWriter::start(blog.url("posts"), false);
     for service in harness::topology::SERVICES {
         for index in 0..2 {
             blog.stop_instance(service.name, index).await;
             blog.start_instance(service.name, index).await;
         }
     }
-    writing.store(false, Ordering::Release);
-    writer.await.unwrap();
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let acknowledged = writer.stop().await;
     assert!(acknowledged.len() > 10, "too few writes to prove anything");
     for query in blog.instance_urls("query") {
         eventually(
             WAIT,
             &format!("every acknowledged post on {query}"),
             || async {
-                let view = blog
-                    .api()
-                    .get_json(&format!("{query}/posts"))
-                    .await
-                    .unwrap();
+                let view = blog.view_of(&query).await;
                 acknowledged.iter().all(|id| view.get(id).is_some())
             },
         )
