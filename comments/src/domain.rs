@@ -25,7 +25,7 @@ pub struct PostId(String);
 impl PostId {
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
         let valid = !raw.is_empty()
-            && raw.len() <= 100
+            && raw.len() <= contract::MAX_ID_LEN
             && raw
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');

@@ -3,9 +3,19 @@
 
 use serde::{de, Deserialize, Deserializer};
 
-/// The largest body a publish to the bus or a delivery from it may carry. Every event
-/// fits in one: the bus refuses a publish larger than this.
+/// The largest publish request the bus takes.
+pub const PUBLISH_LIMIT: usize = 1024 * 1024;
+
+/// The most the bus adds to a published event when it stores it (id, seq, time).
+pub const ENVELOPE_OVERHEAD: usize = 1024;
+
+/// The largest delivery a consumer takes. Every stored event fits in one, by
+/// construction: it came in a publish of at most `PUBLISH_LIMIT`, and was stored with at
+/// most `ENVELOPE_OVERHEAD` more.
 pub const EVENTS_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+const _: () = assert!(PUBLISH_LIMIT + ENVELOPE_OVERHEAD < EVENTS_BODY_LIMIT);
+const _: () = assert!(BATCH_BYTES <= PUBLISH_LIMIT);
 
 /// Senders close a batch once it reaches this size, so a run of large events never
 /// makes a batch its receiver must refuse (and retry forever).

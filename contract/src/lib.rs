@@ -7,11 +7,16 @@ mod batch;
 mod events;
 mod published;
 mod trace;
+mod validate;
 
-pub use batch::{cap_batch_bytes, json_array, OneOrMany, BATCH_BYTES, EVENTS_BODY_LIMIT};
+pub use batch::{
+    cap_batch_bytes, json_array, OneOrMany, BATCH_BYTES, ENVELOPE_OVERHEAD, EVENTS_BODY_LIMIT,
+    PUBLISH_LIMIT,
+};
 pub use events::{
     CommentCreated, CommentModerated, CommentStatus, CommentUpdated, Decoded, Envelope, Event,
     PostCreated, Publication,
 };
 pub use published::{Accepted, PublishAnswer};
 pub use trace::TraceParent;
+pub use validate::{InvalidEvent, MAX_ID_LEN, MAX_TYPE_LEN};

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use contract::{cap_batch_bytes, json_array};
+use contract::{json_array, BATCH_BYTES};
 use service_kit::backoff::Backoff;
 use service_kit::config::Subscriber;
 use service_kit::error::error_chain;
@@ -74,13 +74,10 @@ impl Delivery {
         while !signal.is_triggered() {
             let batch = match self
                 .store
-                .page_after(cursor, self.settings.batch_size)
+                .page_after(cursor, self.settings.batch_size, BATCH_BYTES)
                 .await
             {
-                Ok(mut batch) => {
-                    cap_batch_bytes(&mut batch, |e| &e.envelope);
-                    batch
-                }
+                Ok(batch) => batch,
                 Err(error) => {
                     self.failed(&format!("reading the log: {error}")).await;
                     signal.sleep(backoff.next_delay()).await;

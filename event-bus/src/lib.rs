@@ -58,7 +58,7 @@ pub async fn build(config: BusConfig) -> Result<Application, StartError> {
     });
     let auth = EventsAuth::from_token(config.service.event_bus_token.as_deref());
     let mut settings = ServerSettings::on_port(config.service.port);
-    settings.body_limit = contract::EVENTS_BODY_LIMIT;
+    settings.body_limit = contract::PUBLISH_LIMIT;
     Application::start(
         settings,
         Readiness::database(database),

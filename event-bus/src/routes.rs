@@ -29,10 +29,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/subscriptions", web::get().to(subscriptions));
 }
 
-/// The longest event type name accepted.
-const MAX_TYPE_LEN: usize = 100;
-/// Events per page when streaming the log.
+/// Events per page when streaming the log, and the bytes a page may hold.
 const PAGE: i64 = 1_000;
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// A read with `?limit=` ends after this much (always after at least one event): a
+/// reader catching up asks again from the last seq it got, so it never holds a huge page.
+const LIMITED_READ_BYTES: usize = 8 * 1024 * 1024;
 
 async fn publish(
     _auth: Authorized,
@@ -40,16 +42,12 @@ async fn publish(
     JsonBody(OneOrMany(publications)): JsonBody<OneOrMany<Publication>>,
 ) -> Result<HttpResponse, ApiError> {
     for (index, publication) in publications.iter().enumerate() {
-        let kind = publication.kind.as_str();
-        if kind.trim().is_empty() || kind.len() > MAX_TYPE_LEN || kind.chars().any(char::is_control)
-        {
-            return Err(ApiError::Validation {
-                field: "type",
-                message: format!(
-                    "event {index}: `type` must be 1 to {MAX_TYPE_LEN} printable characters"
-                ),
-            });
-        }
+        publication
+            .check()
+            .map_err(|invalid| ApiError::Validation {
+                message: format!("event {index}: {invalid}"),
+                field: invalid.field,
+            })?;
     }
     let accepted = state
         .writer
@@ -94,6 +92,7 @@ async fn read_log(
 
 struct Cursor {
     store: Store,
+    sent_bytes: usize,
     after: i64,
     remaining: Option<i64>,
     wrote_any: bool,
@@ -108,6 +107,7 @@ fn log_stream(
 ) -> impl Stream<Item = Result<Bytes, ApiError>> {
     let start = Cursor {
         store,
+        sent_bytes: 0,
         after,
         remaining: limit,
         wrote_any: false,
@@ -119,7 +119,11 @@ fn log_stream(
             return None;
         }
         let page_size = cursor.remaining.map_or(PAGE, |r| r.min(PAGE));
-        let page = match cursor.store.page_after(cursor.after, page_size).await {
+        let page = match cursor
+            .store
+            .page_after(cursor.after, page_size, PAGE_BYTES)
+            .await
+        {
             Ok(page) => page,
             Err(error) => {
                 // The response is already under way: ending it early leaves invalid JSON,
@@ -145,7 +149,10 @@ fn log_stream(
         if let Some(remaining) = cursor.remaining.as_mut() {
             *remaining -= page.len() as i64;
         }
-        if (page.len() as i64) < page_size || cursor.remaining == Some(0) {
+        cursor.sent_bytes += chunk.len();
+        let read_enough = cursor.remaining.is_some() && cursor.sent_bytes >= LIMITED_READ_BYTES;
+        // A short page may have been cut by its byte cap: only an empty one ends the log.
+        if page.is_empty() || cursor.remaining == Some(0) || read_enough {
             chunk.push(']');
             cursor.finished = true;
         }

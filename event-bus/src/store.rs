@@ -31,10 +31,7 @@ impl Store {
 
     /// Appends publications in order, in one transaction. An id already in the log (or
     /// earlier in the same call) is not appended again: it answers with its original seq.
-    pub async fn append(
-        &self,
-        publications: Vec<Publication>,
-    ) -> Result<Vec<Accepted>, sqlx::Error> {
+    pub async fn append(&self, publications: &[Publication]) -> Result<Vec<Accepted>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // The single-writer lock: held until commit, so seqs commit in order, gap-free.
         let head: i64 = sqlx::query_scalar("SELECT seq FROM log_head FOR UPDATE")
@@ -55,7 +52,7 @@ impl Store {
         let mut rows = NewRows::with_capacity(publications.len());
         let mut accepted = Vec::with_capacity(publications.len());
         let mut next = head;
-        for (publication, id) in publications.into_iter().zip(ids) {
+        for (publication, id) in publications.iter().zip(ids) {
             if let Some(&seq) = known.get(&id) {
                 accepted.push(Accepted {
                     id,
@@ -74,11 +71,11 @@ impl Store {
             let envelope = Envelope {
                 id,
                 seq: next,
-                kind: publication.kind,
-                data: publication.data,
-                source: publication.source,
+                kind: publication.kind.clone(),
+                data: publication.data.clone(),
+                source: publication.source.clone(),
                 occurred_at: publication.occurred_at.unwrap_or(now),
-                traceparent: publication.traceparent,
+                traceparent: publication.traceparent.clone(),
             };
             rows.push(envelope)
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
@@ -120,17 +117,28 @@ impl Store {
             .await
     }
 
-    /// Up to `limit` events after `after`, in seq order.
+    /// Up to `limit` events after `after`, in seq order, and no more of them than fit in
+    /// `max_bytes` (but always one): a backlog of large events never fills memory.
     pub async fn page_after(
         &self,
         after: i64,
         limit: i64,
+        max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        sqlx::query_as("SELECT seq, envelope::text AS envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as(
+            "SELECT seq, envelope FROM (
+                 SELECT seq, envelope::text AS envelope,
+                        sum(octet_length(envelope::text)) OVER (ORDER BY seq) AS running
+                 FROM events WHERE seq > $1 ORDER BY seq LIMIT $2
+             ) page
+             WHERE running - octet_length(envelope) < $3
+             ORDER BY seq",
+        )
+        .bind(after)
+        .bind(limit)
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Registers a subscriber (or updates its URL) and returns its durable cursor.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use contract::Accepted;
 use contract::Publication;
+use service_kit::error::DatabaseFailure;
 use service_kit::shutdown::ShutdownSignal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -113,14 +114,31 @@ async fn commit_group(
         replies.push(job.reply);
         publications.extend(job.publications);
     }
-    match store.append(publications).await {
+    match store.append(&publications).await {
         Ok(accepted) => {
-            if let Some(last) = accepted.iter().map(|a| a.seq).max() {
-                advance_head(head, last);
-            }
+            announce(head, &accepted);
             let mut rest = accepted.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
                 let _ = reply.send(Ok(rest.by_ref().take(size).collect()));
+            }
+        }
+        Err(error)
+            if replies.len() > 1 && DatabaseFailure::of(&error) != DatabaseFailure::Unavailable =>
+        {
+            // One publication the database refuses must not fail the others queued with
+            // it: each request is appended on its own, and only the bad one fails.
+            tracing::warn!(%error, requests = replies.len(), "a group commit was refused; appending its requests one by one");
+            let mut rest = publications.into_iter();
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let own: Vec<Publication> = rest.by_ref().take(size).collect();
+                let result = store.append(&own).await;
+                if let Ok(accepted) = &result {
+                    announce(head, accepted);
+                }
+                let _ = reply.send(result.map_err(|e| {
+                    tracing::error!(error = %e, events = size, "appending to the log failed");
+                    AppendError::Database(Arc::new(e))
+                }));
             }
         }
         Err(error) => {
@@ -130,6 +148,12 @@ async fn commit_group(
                 let _ = reply.send(Err(AppendError::Database(error.clone())));
             }
         }
+    }
+}
+
+fn announce(head: &watch::Sender<i64>, accepted: &[Accepted]) {
+    if let Some(last) = accepted.iter().map(|a| a.seq).max() {
+        advance_head(head, last);
     }
 }
 

@@ -4,8 +4,12 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 use serde_json::{json, Value};
+use std::time::Duration;
 use testkit::bus::*;
+
 use testkit::{eventually, RecordingSubscriber};
+
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn post_raw(
     bus: &RunningBus,
@@ -89,7 +93,7 @@ async fn bad_input_gets_the_right_status_a_json_error_and_leaves_the_log_unchang
     bus.client().publish(&[numbered(0)]).await.unwrap();
     let too_large = format!(
         r#"{{"type":"Big","data":{{"blob":"{}"}}}}"#,
-        "x".repeat(contract::EVENTS_BODY_LIMIT + 1)
+        "x".repeat(contract::PUBLISH_LIMIT + 1)
     );
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         (
@@ -156,7 +160,7 @@ async fn bad_input_gets_the_right_status_a_json_error_and_leaves_the_log_unchang
             "invalid_body",
         ),
         (
-            "body over the events body limit (8 MiB)",
+            "body over the publish limit (1 MiB)",
             "application/json",
             too_large,
             413,
@@ -274,5 +278,149 @@ async fn health_and_readiness_answer() {
         let response = reqwest::get(format!("{}/{path}", bus.url())).await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
+    bus.stop().await;
+}
+
+#[tokio::test]
+async fn what_no_consumer_could_store_is_refused_with_422_naming_the_field() {
+    let db = test_db().await;
+    let bus = start_bus(&db, BusOptions::default()).await;
+    let long_id = "x".repeat(contract::MAX_ID_LEN + 1);
+    let cases = [
+        (
+            json!({"type": "PostCreated", "data": {"id": "p1", "title": "nul \u{0} inside"}}),
+            "data.title",
+        ),
+        (
+            json!({"type": "PostCreated", "data": {"id": long_id, "title": "t"}}),
+            "data.id",
+        ),
+        (
+            json!({"type": "CommentCreated", "data": {"id": "c1", "postId": "p1"}}),
+            "data",
+        ),
+        (
+            json!({"type": "Custom", "data": {"deep": {"list": ["ok", "nul \u{0}"]}}}),
+            "data.deep.list[1]",
+        ),
+        (
+            json!({"type": "Custom", "data": {}, "source": "nul \u{0}"}),
+            "source",
+        ),
+    ];
+    for (event, field) in cases {
+        let (status, answer) = post_raw(&bus, "application/json", event.to_string()).await;
+        assert_eq!(status, 422, "{event}: {answer}");
+        assert_eq!(answer["error"]["code"], "validation_failed", "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    assert!(
+        whole_log(&bus).await.is_empty(),
+        "a refused event was stored"
+    );
+    bus.stop().await;
+}
+
+/// A publish of exactly `size` bytes: one event whose blob fills the rest.
+fn publish_of_size(size: usize) -> String {
+    let empty = json!({"type": "Big", "data": {"blob": ""}}).to_string();
+    let body = json!({"type": "Big", "data": {"blob": "x".repeat(size - empty.len())}}).to_string();
+    assert_eq!(body.len(), size);
+    body
+}
+
+#[tokio::test]
+async fn an_event_of_the_largest_size_the_bus_accepts_is_delivered_to_every_subscriber() {
+    let db = test_db().await;
+    let subscribers = [RecordingSubscriber::start(), RecordingSubscriber::start()];
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![("a", subscribers[0].url()), ("b", subscribers[1].url())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, answer) = post_raw(
+        &bus,
+        "application/json",
+        publish_of_size(contract::PUBLISH_LIMIT + 1),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    let (status, answer) = post_raw(
+        &bus,
+        "application/json",
+        publish_of_size(contract::PUBLISH_LIMIT),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    // And an ordinary event after it, which must not be held up behind the big one.
+    bus.client().publish(&[numbered(1)]).await.unwrap();
+    for subscriber in &subscribers {
+        eventually(WAIT, "both events delivered", || async {
+            subscriber.seqs() == [1, 2]
+        })
+        .await;
+        let big = &subscriber.received()[0];
+        let delivered = serde_json::to_string(big).unwrap().len();
+        assert!(
+            delivered < contract::EVENTS_BODY_LIMIT,
+            "a delivery of {delivered} bytes"
+        );
+        assert_eq!(
+            big.data["blob"].as_str().map(str::len),
+            Some(
+                contract::PUBLISH_LIMIT
+                    - json!({"type": "Big", "data": {"blob": ""}})
+                        .to_string()
+                        .len()
+            )
+        );
+    }
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_the_database_refuses_fail_alone_and_the_valid_ones_racing_them_succeed() {
+    let db = test_db().await;
+    // PostgreSQL itself refuses one type here, as it would a value no check foresaw.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused by a check' USING ERRCODE = 'check_violation'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW
+         WHEN (NEW.type = 'Refused') EXECUTE FUNCTION refuse();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let bus = start_bus(&db, BusOptions::default()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/events", bus.url());
+    let mut requests = Vec::new();
+    for n in 0..220 {
+        let (client, url) = (client.clone(), url.clone());
+        let kind = if n % 11 == 0 { "Refused" } else { "Valid" };
+        requests.push(tokio::spawn(async move {
+            let body = json!({"type": kind, "data": {"n": n}});
+            let response = client.post(&url).json(&body).send().await.unwrap();
+            (kind, response.status().as_u16())
+        }));
+    }
+    let mut valid = 0;
+    for request in requests {
+        let (kind, status) = request.await.unwrap();
+        match kind {
+            "Valid" => {
+                assert_eq!(status, 200, "a valid publish failed with a bad one");
+                valid += 1;
+            }
+            _ => assert_eq!(status, 409, "a refused publish"),
+        }
+    }
+    assert_eq!(valid, 200);
+    let log = whole_log(&bus).await;
+    assert_eq!(log.len(), 200);
+    assert!(log.iter().all(|e| e["type"] == "Valid"));
     bus.stop().await;
 }

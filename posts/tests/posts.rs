@@ -228,14 +228,15 @@ async fn a_post_whose_event_cannot_be_written_is_a_500_and_leaves_no_post() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_title_postgresql_cannot_store_is_a_422_and_leaves_nothing() {
+async fn a_title_with_a_control_character_is_a_422_and_leaves_nothing() {
     let db = posts_db().await;
     let app = serve_posts(&db).await;
     let (status, error) = app
         .post_json("/posts/create", r#"{"title":"nul \u0000 inside"}"#)
         .await;
     assert_eq!(status, 422, "{error}");
-    assert_eq!(error["error"]["code"], "invalid_value");
+    assert_eq!(error["error"]["code"], "validation_failed");
+    assert_eq!(error["error"]["field"], "title");
     assert_eq!(count_rows(&db.pool, "posts").await, 0);
     assert_eq!(count_rows(&db.pool, "outbox").await, 0);
     app.stop().await;

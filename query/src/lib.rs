@@ -37,11 +37,17 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
         // No receivers is fine: nobody is watching.
         let _ = heard_changes.send(change);
     });
-    let consumer = startup.start_consumer(Consumer::new(
-        startup.pool.clone(),
-        startup.bus.clone(),
-        reactions::ViewReactions,
-    ));
+    // This replica's own cache is invalidated the moment its delivery commits, so a
+    // reader is never served the page from before what it was just told was applied.
+    let own_cache = cache.clone();
+    let consumer = startup.start_consumer(
+        Consumer::new(
+            startup.pool.clone(),
+            startup.bus.clone(),
+            reactions::ViewReactions,
+        )
+        .after_commit(move || own_cache.invalidate()),
+    );
     let state = web::Data::new(routes::QueryState {
         pool: startup.pool.clone(),
         changes,

@@ -68,7 +68,8 @@ pub struct Consumer<H> {
     pool: PgPool,
     bus: BusClient,
     handler: H,
-    waker: Option<OutboxWaker>,
+    /// Run after each delivery that applied something commits, in this process.
+    after_commit: Vec<Box<dyn Fn() + Send + Sync>>,
     // Deliveries and catch-up serialise here first, so two of them never both fetch
     // the same missing range; the row lock on the cursor guards across replicas.
     apply_lock: Mutex<()>,
@@ -80,14 +81,21 @@ impl<H: Reactions> Consumer<H> {
             pool,
             bus,
             handler,
-            waker: None,
+            after_commit: Vec::new(),
             apply_lock: Mutex::new(()),
         }
     }
 
     /// For a handler that appends to the outbox: wake the relay after each commit.
-    pub fn waking(mut self, waker: OutboxWaker) -> Self {
-        self.waker = Some(waker);
+    pub fn waking(self, waker: OutboxWaker) -> Self {
+        self.after_commit(move || waker.wake())
+    }
+
+    /// Runs `then` in this process after each delivery that applied something commits:
+    /// what the replica that applied it must know at once (the others hear it by
+    /// `notify`, a moment later).
+    pub fn after_commit(mut self, then: impl Fn() + Send + Sync + 'static) -> Self {
+        self.after_commit.push(Box::new(then));
         self
     }
 
@@ -108,9 +116,9 @@ impl<H: Reactions> Consumer<H> {
         batch.dedup_by_key(|e| e.seq);
         let _serial = self.apply_lock.lock().await;
         let result = self.apply_batch(batch).await;
-        if let (Ok(outcome), Some(waker)) = (&result, &self.waker) {
-            if outcome.applied > 0 {
-                waker.wake();
+        if matches!(&result, Ok(outcome) if outcome.applied > 0) {
+            for then in &self.after_commit {
+                then();
             }
         }
         result
@@ -220,19 +228,16 @@ impl<H: Reactions> Consumer<H> {
         Ok(())
     }
 
-    /// Reads and applies everything the bus has after our cursor.
+    /// Reads and applies everything the bus has after our cursor, a page at a time (the
+    /// bus may answer a page short, when its events are large), until a page is empty.
     pub async fn catch_up(&self) -> Result<i64, ConsumerError> {
         loop {
             let cursor = self.cursor().await?;
             let page = self.bus.events_after(cursor, PAGE as u32).await?;
-            let full = page.len() as i64 == PAGE;
             if page.is_empty() {
                 return Ok(cursor);
             }
-            let outcome = self.deliver(page).await?;
-            if !full {
-                return Ok(outcome.cursor);
-            }
+            self.deliver(page).await?;
         }
     }
 }

@@ -17,10 +17,7 @@ pub enum ApiError {
     InvalidBody(String),
     /// Well-formed, but a value breaks a rule (e.g. a title too long).
     #[error("{message}")]
-    Validation {
-        field: &'static str,
-        message: String,
-    },
+    Validation { field: String, message: String },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]

@@ -196,8 +196,10 @@ pub fn health_routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz));
 }
 
-async fn healthz() -> actix_web::HttpResponse {
-    actix_web::HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+/// Alive, with what an operator should know even while it is (e.g. the bus refusing
+/// this service's events).
+async fn healthz(readiness: web::Data<crate::server::Readiness>) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(readiness.detail())
 }
 
 async fn readyz(readiness: web::Data<crate::server::Readiness>) -> actix_web::HttpResponse {

@@ -3,6 +3,7 @@
 //! relay then publishes the outbox to the bus in order, in batches, retrying until the
 //! bus has committed them. An API can answer 201 while the bus is down: nothing is lost.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,33 @@ pub struct OutboxRelay {
     database: Database,
     bus: BusClient,
     waker: OutboxWaker,
+    refusals: Arc<Refusals>,
+}
+
+/// How often the bus refused this service's publishes (a 4xx: a wrong token, a body
+/// too large, an event it will not store), for the health detail and the logs.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    count: AtomicU64,
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl Refusals {
+    fn record(&self, refusal: &str) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(refusal.to_owned());
+        }
+    }
+
+    /// `{"refusedByBus": n, "lastRefusal": "…"}`.
+    pub fn detail(&self) -> serde_json::Value {
+        let last = self.last.lock().ok().and_then(|l| l.clone());
+        serde_json::json!({
+            "refusedByBus": self.count.load(Ordering::Relaxed),
+            "lastRefusal": last,
+        })
+    }
 }
 
 impl OutboxRelay {
@@ -77,7 +105,12 @@ impl OutboxRelay {
             database,
             bus,
             waker: OutboxWaker::default(),
+            refusals: Arc::default(),
         }
+    }
+
+    pub fn refusals(&self) -> Arc<Refusals> {
+        self.refusals.clone()
     }
 
     pub fn waker(&self) -> OutboxWaker {
@@ -108,6 +141,17 @@ impl OutboxRelay {
                     }
                 }
                 Ok(_) => backoff.reset(),
+                Err(RelayError::Bus(BusError::Status { status, body }))
+                    if (400..500).contains(&status) =>
+                {
+                    // Not an outage: the bus says this service is misconfigured or sends
+                    // what the contract forbids. Loud, counted, and retried at the capped
+                    // backoff, so that fixing the cause (a token) heals it.
+                    let delay = backoff.next_delay();
+                    self.refusals.record(&format!("{status}: {body}"));
+                    tracing::error!(status, bus_answer = %body, retry_in_ms = delay.as_millis() as u64, "outbox relay: the event bus refuses this service's events (check EVENT_BUS_TOKEN and the event contract); nothing is published until it accepts them");
+                    signal.sleep(delay).await;
+                }
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "outbox relay: publish failed");

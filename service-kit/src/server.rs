@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::db::Database;
 use crate::error::ApiError;
 use crate::http::{health_routes, log_requests, until_schema_ready, BodyLimit, DEFAULT_BODY_LIMIT};
+use crate::outbox::Refusals;
 use crate::shutdown::Shutdown;
 
 /// What `/readyz` checks: the schema is up to date, the database answers now, and the
@@ -24,6 +25,7 @@ use crate::shutdown::Shutdown;
 pub struct Readiness {
     database: Database,
     caught_up: Arc<AtomicBool>,
+    relay: Option<Arc<Refusals>>,
 }
 
 /// How long `/readyz` waits for the database: less than a probe's timeout.
@@ -35,6 +37,7 @@ impl Readiness {
         Self {
             database,
             caught_up: Arc::new(AtomicBool::new(true)),
+            relay: None,
         }
     }
 
@@ -43,6 +46,25 @@ impl Readiness {
         Self {
             database,
             caught_up: Arc::new(AtomicBool::new(false)),
+            relay: None,
+        }
+    }
+
+    /// Not ready until `mark_ready`, from now on (a consumer that must catch up first).
+    pub fn wait_for_catch_up(&mut self) {
+        self.caught_up = Arc::new(AtomicBool::new(false));
+    }
+
+    /// Shows the outbox relay's refusals in the health detail.
+    pub fn report_relay(&mut self, refusals: Arc<Refusals>) {
+        self.relay = Some(refusals);
+    }
+
+    /// What `/healthz` says beyond "alive".
+    pub fn detail(&self) -> serde_json::Value {
+        match &self.relay {
+            Some(refusals) => serde_json::json!({ "status": "ok", "outbox": refusals.detail() }),
+            None => serde_json::json!({ "status": "ok" }),
         }
     }
 

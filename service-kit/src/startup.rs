@@ -57,6 +57,7 @@ impl Startup {
     /// Starts the outbox relay; wake it after each commit that appended to the outbox.
     pub fn start_outbox_relay(&mut self) -> OutboxWaker {
         let relay = OutboxRelay::new(self.database.clone(), self.bus.clone());
+        self.readiness.report_relay(relay.refusals());
         let waker = relay.waker();
         self.tasks.push(relay.spawn(self.shutdown.signal()));
         waker
@@ -65,7 +66,7 @@ impl Startup {
     /// Makes this service a consumer: not ready until it has caught up with the bus.
     pub fn start_consumer<H: Reactions>(&mut self, consumer: Consumer<H>) -> ConsumerRoutes<H> {
         let consumer = Arc::new(consumer);
-        self.readiness = Readiness::pending(self.database.clone());
+        self.readiness.wait_for_catch_up();
         self.tasks.push(consumer::spawn_catch_up(
             consumer.clone(),
             self.readiness.clone(),

@@ -98,13 +98,18 @@ impl Microblog {
     /// a scaled Deployment, each service behind a proxy that spreads requests across its
     /// ready instances as a Service does.
     pub async fn start_replicated(replicas: usize) -> Self {
+        Self::start_with(replicas, &[]).await
+    }
+
+    /// As `start_replicated`, with `env` (`(service, name, value)`) on top of the wiring.
+    pub async fn start_with(replicas: usize, env: &[(&'static str, &str, &str)]) -> Self {
         let mut databases = HashMap::new();
         for service in &SERVICES {
             databases.insert(service.name, TestDatabase::new(&Migrator::DEFAULT).await);
         }
         let urls: HashMap<&str, String> =
             databases.iter().map(|(k, v)| (*k, v.url.clone())).collect();
-        let mut blog = Self::plan(replicas, &[], |service| urls[service].clone());
+        let mut blog = Self::plan(replicas, env, |service| urls[service].clone());
         blog.databases = databases;
         blog.stack
             .start()
@@ -170,6 +175,16 @@ impl Microblog {
                 instance.start();
             }
         }
+    }
+
+    /// The harness's stack, to change what the next start of an instance gets.
+    pub fn stack_mut(&mut self) -> &mut Stack {
+        &mut self.stack
+    }
+
+    /// What instance `label` (`posts`, or `posts#2` with replicas) has logged so far.
+    pub fn log_of(&self, label: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{label}.log"))).unwrap_or_default()
     }
 
     /// Each instance's process id (none for one that is not running).

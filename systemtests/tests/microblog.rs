@@ -280,3 +280,32 @@ async fn two_instances_of_every_service_run_ready_on_their_own_ports_and_share_t
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_refused_at_the_bus_and_the_microblog_flows_on() {
+    let stack = Microblog::start().await;
+    let bus = format!("{}/events", stack.url("event-bus"));
+    let poisons = [
+        json!({"type": "PostCreated", "data": {"id": "p-nul", "title": "nul \u{0} inside"}}),
+        json!({"type": "PostCreated", "data": {"id": "x".repeat(4000), "title": "t"}}),
+        json!({"type": "CommentCreated", "data": {"id": "c", "postId": "p"}}),
+        json!({"type": "Big", "data": {"blob": "x".repeat(contract::PUBLISH_LIMIT)}}),
+    ];
+    for poison in &poisons {
+        let response = http().post(&bus).json(poison).send().await.unwrap();
+        let status = response.status().as_u16();
+        assert!((400..500).contains(&status), "stored: {status}");
+    }
+    let post = stack.create_post("after the poison").await;
+    let post_id = post["id"].as_str().unwrap().to_owned();
+    let comment = stack.create_comment(&post_id, "still moderated").await;
+    let comment_id = comment["id"].as_str().unwrap().to_owned();
+    eventually(
+        WAIT,
+        "the next post and its moderated comment in the view",
+        || async {
+            stack.comment_status(&post_id, &comment_id).await.as_deref() == Some("approved")
+        },
+    )
+    .await;
+}

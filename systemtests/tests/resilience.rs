@@ -200,3 +200,60 @@ async fn an_open_live_stream_does_not_hold_up_a_graceful_stop() {
     );
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_the_wrong_bus_token_says_so_loudly_and_publishes_everything_once_fixed() {
+    let mut env: Vec<(&'static str, &str, &str)> = harness::topology::SERVICES
+        .iter()
+        .map(|s| (s.name, "EVENT_BUS_TOKEN", "the-right-token"))
+        .collect();
+    env.push(("posts", "EVENT_BUS_TOKEN", "a-stale-token"));
+    let mut stack = Microblog::start_with(1, &env).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let post = stack
+            .create_post(&format!("accepted while misconfigured {n}"))
+            .await;
+        ids.push(post["id"].as_str().unwrap().to_owned());
+    }
+    eventually(WAIT, "an error-level line naming the bus's 401", || async {
+        stack
+            .log_of("posts")
+            .lines()
+            .any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("\"status\":401"))
+    })
+    .await;
+    let health = stack
+        .get_json(&format!("{}/healthz", stack.url("posts")))
+        .await;
+    assert!(
+        health["outbox"]["refusedByBus"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
+    assert!(health["outbox"]["lastRefusal"]
+        .as_str()
+        .unwrap()
+        .starts_with("401"));
+    for id in &ids {
+        assert!(
+            stack.view().await.get(id).is_none(),
+            "published with a wrong token"
+        );
+    }
+
+    // The token fixed (a new pod with the right Secret), everything it took is published.
+    stack.stop("posts").await;
+    stack
+        .stack_mut()
+        .set_env("posts", "EVENT_BUS_TOKEN", "the-right-token");
+    stack.restart("posts").await;
+    eventually(
+        WAIT,
+        "every post accepted meanwhile in the view",
+        || async {
+            let view = stack.view().await;
+            ids.iter().all(|id| view.get(id).is_some())
+        },
+    )
+    .await;
+}
