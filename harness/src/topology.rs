@@ -102,7 +102,7 @@ pub const CLIENT: Client = Client {
 
 /// Where the Ingress (and the local gateway, which applies it) must send each public
 /// request path: the course's routes, and `/events` never reachable from outside.
-pub const PUBLIC_ROUTES: [(&str, &str); 13] = [
+pub const PUBLIC_ROUTES: [(&str, &str); 14] = [
     ("/posts/create", "posts-clusterip-srv"),
     ("/posts/0190b8a4/comments", "comments-srv"),
     ("/posts/abc123/comments", "comments-srv"),
@@ -116,6 +116,7 @@ pub const PUBLIC_ROUTES: [(&str, &str); 13] = [
     ("/events", "client-srv"),
     ("/events/", "client-srv"),
     ("/subscriptions", "client-srv"),
+    ("/parked", "client-srv"),
 ];
 
 /// What every service reads.

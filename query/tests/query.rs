@@ -15,7 +15,7 @@ use query::reactions::{ViewReactions, RESYNC, VIEW_CHANGES};
 use query::store;
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;
-use service_kit::consumer::Consumer;
+use service_kit::consumer::{Consumer, PARK_AFTER_ATTEMPTS};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres};
@@ -586,6 +586,92 @@ async fn a_cached_page_is_never_served_after_the_view_changes() {
         app.get_json(pages[2]).await.1["p1"]["comments"][0]["status"],
         "rejected"
     );
+    app.stop().await;
+    bus.stop().await;
+}
+
+/// A delivery as the bus sends it: the status the consumer answered.
+async fn deliver_status(app: &RunningApp, batch: &[Envelope]) -> u16 {
+    app.post_json("/events", &serde_json::to_string(batch).unwrap())
+        .await
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_cannot_be_applied_is_parked_after_a_few_attempts_then_retried_or_discarded()
+{
+    let db = query_db().await;
+    // The database refuses these two posts, as it would a value no check foresaw.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused: %', NEW.title USING ERRCODE = 'check_violation'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON posts FOR EACH ROW
+         WHEN (NEW.title LIKE 'poison%') EXECUTE FUNCTION refuse();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (app, bus) = serve_query(&db, Vec::new()).await;
+    let batch = vec![
+        envelope(1, &Event::PostCreated(post("p1", "fine"))),
+        envelope(2, &Event::PostCreated(post("p2", "poison one"))),
+        envelope(3, &Event::PostCreated(post("p3", "after it"))),
+        envelope(4, &Event::PostCreated(post("p4", "poison two"))),
+        envelope(5, &Event::PostCreated(post("p5", "last"))),
+    ];
+    // The bus retries a refused delivery; each attempt is counted, then it is parked.
+    let mut statuses = Vec::new();
+    loop {
+        let status = deliver_status(&app, &batch).await;
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        assert!(statuses.len() < 20, "never parked: {statuses:?}");
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        2 * (PARK_AFTER_ATTEMPTS as usize - 1),
+        "{statuses:?}"
+    );
+    assert_eq!(keys(&app.get_json("/posts").await.1), ["p1", "p3", "p5"]);
+    let (status, parked) = app.get_json("/parked").await;
+    assert_eq!(status, 200);
+    let seqs: Vec<i64> = parked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 4]);
+    assert!(parked[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("refused: poison one"));
+
+    // Retried while the cause is still there: it stays parked.
+    let (status, _) = app.post_json("/parked/2/retry", "").await;
+    assert_eq!(status, 409);
+    // The cause fixed, retried: applied; the other discarded.
+    sqlx::query("DROP TRIGGER refuse ON posts")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (status, answer) = app.post_json("/parked/2/retry", "").await;
+    assert_eq!(status, 200, "{answer}");
+    let discard = |seq: i64| {
+        reqwest::Client::new()
+            .delete(format!("{}/parked/{seq}", app.url))
+            .send()
+    };
+    assert_eq!(discard(4).await.unwrap().status(), 200);
+    assert_eq!(discard(4).await.unwrap().status(), 404, "discarded twice");
+    // A retried event is applied after those that followed it: the view shows p2 last.
+    assert_eq!(
+        keys(&app.get_json("/posts").await.1),
+        ["p1", "p3", "p5", "p2"]
+    );
+    assert_eq!(app.get_json("/parked").await.1, json!([]));
     app.stop().await;
     bus.stop().await;
 }

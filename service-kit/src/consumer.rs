@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
-use crate::error::{error_chain, ApiError};
+use crate::error::{error_chain, ApiError, DatabaseFailure};
 use crate::http::{Authorized, BodyLimit, EventsAuth, JsonBody};
 use crate::outbox::OutboxWaker;
 use crate::server::Readiness;
@@ -43,12 +43,20 @@ pub enum ConsumerError {
     Bus(#[from] BusError),
     #[error("the bus has no event {expected} (it sent {found:?}); refusing to skip it")]
     Hole { expected: i64, found: Option<i64> },
+    /// Applying one event failed; the delivery's transaction rolled back.
+    #[error("applying event {} (seq {}): {source}", .envelope.id, .envelope.seq)]
+    Apply {
+        envelope: Box<Envelope>,
+        source: sqlx::Error,
+    },
 }
 
 impl From<ConsumerError> for ApiError {
     fn from(error: ConsumerError) -> Self {
         match error {
-            ConsumerError::Database(e) => ApiError::from(e),
+            ConsumerError::Database(e) | ConsumerError::Apply { source: e, .. } => {
+                ApiError::from(e)
+            }
             other => ApiError::Unavailable(error_chain(&other)),
         }
     }
@@ -60,6 +68,9 @@ pub struct DeliveryOutcome {
     pub skipped: usize,
     pub cursor: i64,
 }
+
+/// Failed attempts at one event (not counting outages) before it is parked.
+pub const PARK_AFTER_ATTEMPTS: i32 = 5;
 
 /// Events read from the bus per request when catching up or filling a hole.
 const PAGE: i64 = 1000;
@@ -115,17 +126,184 @@ impl<H: Reactions> Consumer<H> {
         batch.sort_by_key(|e| e.seq);
         batch.dedup_by_key(|e| e.seq);
         let _serial = self.apply_lock.lock().await;
-        let result = self.apply_batch(batch).await;
-        if matches!(&result, Ok(outcome) if outcome.applied > 0) {
-            for then in &self.after_commit {
-                then();
+        let result = loop {
+            match self.apply_batch(&batch).await {
+                Err(ConsumerError::Apply { envelope, source })
+                    if DatabaseFailure::of(&source) != DatabaseFailure::Unavailable =>
+                {
+                    // Not an outage: this event may never apply. A few attempts (across
+                    // replicas and redeliveries), then it is parked and the stream goes on.
+                    if self.count_failure(&envelope, &source).await? < PARK_AFTER_ATTEMPTS {
+                        break Err(ConsumerError::Apply { envelope, source });
+                    }
+                    // What came before it in the batch rolled back with it: apply that
+                    // first, so that the poison event is the next one, then park it.
+                    let before: Vec<Envelope> = batch
+                        .iter()
+                        .filter(|e| e.seq < envelope.seq)
+                        .cloned()
+                        .collect();
+                    if !before.is_empty() {
+                        self.apply_batch(&before).await?;
+                    }
+                    self.park(&envelope, &source).await?;
+                }
+                other => break other,
             }
+        };
+        if matches!(&result, Ok(outcome) if outcome.applied > 0) {
+            self.committed();
         }
         result
     }
 
-    async fn apply_batch(&self, batch: Vec<Envelope>) -> Result<DeliveryOutcome, ConsumerError> {
+    fn committed(&self) {
+        for then in &self.after_commit {
+            then();
+        }
+    }
+
+    /// Records a failed attempt at `envelope`; how many there have been.
+    async fn count_failure(
+        &self,
+        envelope: &Envelope,
+        error: &sqlx::Error,
+    ) -> Result<i32, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO delivery_failures (seq, attempts, last_error) VALUES ($1, 1, $2)
+             ON CONFLICT (seq) DO UPDATE
+             SET attempts = delivery_failures.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now()
+             RETURNING attempts",
+        )
+        .bind(envelope.seq)
+        .bind(error_chain(error))
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Sets `envelope` aside with its error and moves the cursor past it — only if it is
+    /// the next event (another replica may have parked it already).
+    async fn park(&self, envelope: &Envelope, error: &sqlx::Error) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        let cursor: i64 = sqlx::query_scalar("SELECT seq FROM consumer_cursor FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        if cursor != envelope.seq - 1 {
+            // Another replica parked it, or the cursor is elsewhere: nothing to do here.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        let envelope_json =
+            serde_json::to_string(envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let attempts: i32 = sqlx::query_scalar(
+            "WITH failed AS (DELETE FROM delivery_failures WHERE seq = $1 RETURNING attempts)
+             INSERT INTO parked_events (seq, event_id, type, envelope, error, attempts)
+             SELECT $1, $2, $3, $4::json, $5, COALESCE((SELECT attempts FROM failed), 0)
+             RETURNING attempts",
+        )
+        .bind(envelope.seq)
+        .bind(envelope.id)
+        .bind(&envelope.kind)
+        .bind(envelope_json)
+        .bind(error_chain(error))
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE consumer_cursor SET seq = $1, updated_at = now()")
+            .bind(envelope.seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::error!(
+            seq = envelope.seq,
+            event_id = %envelope.id,
+            r#type = %envelope.kind,
+            attempts,
+            error = %error_chain(error),
+            "event parked: this service cannot apply it, and the stream goes on without it (GET /parked lists it; POST /parked/<seq>/retry once the cause is fixed, or DELETE /parked/<seq>)"
+        );
+        Ok(())
+    }
+
+    /// The parked events, oldest first.
+    pub async fn parked(&self) -> Result<Vec<ParkedEvent>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT seq, event_id, type AS kind, error, attempts, parked_at, envelope::text AS envelope
+             FROM parked_events ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Applies parked event `seq` now (after the events that followed it) and forgets it;
+    /// if it fails again it stays parked with the new error. None: no such parked event.
+    pub async fn retry_parked(&self, seq: i64) -> Result<Option<()>, ConsumerError> {
+        let _serial = self.apply_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("DELETE FROM parked_events WHERE seq = $1 RETURNING envelope::text")
+                .bind(seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let envelope: Envelope =
+            serde_json::from_str(&stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if let Err(source) = self.apply_one(&mut tx, &envelope).await {
+            let _ = tx.rollback().await;
+            sqlx::query(
+                "UPDATE parked_events SET error = $2, attempts = attempts + 1 WHERE seq = $1",
+            )
+            .bind(seq)
+            .bind(error_chain(&source))
+            .execute(&self.pool)
+            .await?;
+            return Err(ConsumerError::Apply {
+                envelope: Box::new(envelope),
+                source,
+            });
+        }
+        tx.commit().await?;
+        tracing::info!(seq, event_id = %envelope.id, "parked event retried and applied");
+        self.committed();
+        Ok(Some(()))
+    }
+
+    /// Forgets parked event `seq` for good. False: no such parked event.
+    pub async fn discard_parked(&self, seq: i64) -> Result<bool, sqlx::Error> {
+        let discarded = sqlx::query("DELETE FROM parked_events WHERE seq = $1")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0;
+        if discarded {
+            tracing::warn!(seq, "parked event discarded by an operator");
+        }
+        Ok(discarded)
+    }
+
+    async fn apply_batch(&self, batch: &[Envelope]) -> Result<DeliveryOutcome, ConsumerError> {
+        let mut tx = self.pool.begin().await?;
+        match self.apply_in(&mut tx, batch).await {
+            Ok(outcome) => {
+                tx.commit().await?;
+                Ok(outcome)
+            }
+            Err(error) => {
+                // At once, not when the connection is next used: the cursor row's lock
+                // must go now, or parking the event would wait for it.
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply_in(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Envelope],
+    ) -> Result<DeliveryOutcome, ConsumerError> {
         let start: i64 = sqlx::query_scalar("SELECT seq FROM consumer_cursor FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
@@ -135,7 +313,7 @@ impl<H: Reactions> Consumer<H> {
             skipped: 0,
             cursor,
         };
-        for envelope in &batch {
+        for envelope in batch {
             if envelope.seq <= cursor {
                 outcome.skipped += 1;
                 continue;
@@ -162,12 +340,22 @@ impl<H: Reactions> Consumer<H> {
                             found: Some(earlier.seq),
                         });
                     }
-                    self.apply_one(&mut tx, earlier).await?;
+                    self.apply_one(&mut *tx, earlier).await.map_err(|source| {
+                        ConsumerError::Apply {
+                            envelope: Box::new(earlier.clone()),
+                            source,
+                        }
+                    })?;
                     cursor = earlier.seq;
                     outcome.applied += 1;
                 }
             }
-            self.apply_one(&mut tx, envelope).await?;
+            self.apply_one(&mut *tx, envelope)
+                .await
+                .map_err(|source| ConsumerError::Apply {
+                    envelope: Box::new(envelope.clone()),
+                    source,
+                })?;
             cursor = envelope.seq;
             outcome.applied += 1;
         }
@@ -177,7 +365,6 @@ impl<H: Reactions> Consumer<H> {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         outcome.cursor = cursor;
         Ok(outcome)
     }
@@ -309,7 +496,61 @@ impl<H: Reactions> ConsumerRoutes<H> {
                 // A delivery is a batch of events, each of which the bus accepted.
                 .app_data(BodyLimit(EVENTS_BODY_LIMIT))
                 .route(web::post().to(receive::<H>)),
+        )
+        .service(
+            web::scope("/parked")
+                .app_data(self.consumer.clone())
+                .app_data(self.auth.clone())
+                .route("", web::get().to(list_parked::<H>))
+                .route("/{seq}/retry", web::post().to(retry_parked::<H>))
+                .route("/{seq}", web::delete().to(discard_parked::<H>)),
         );
+    }
+}
+
+/// One parked event, as `GET /parked` shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedEvent {
+    pub seq: i64,
+    pub event_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub error: String,
+    pub attempts: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub parked_at: time::OffsetDateTime,
+    /// The event as it was delivered, JSON text.
+    pub envelope: String,
+}
+
+async fn list_parked<H: Reactions>(
+    _auth: Authorized,
+    consumer: web::Data<Consumer<H>>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(consumer.parked().await?))
+}
+
+async fn retry_parked<H: Reactions>(
+    _auth: Authorized,
+    consumer: web::Data<Consumer<H>>,
+    seq: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    match consumer.retry_parked(*seq).await? {
+        Some(()) => Ok(HttpResponse::Ok().json(serde_json::json!({ "retried": *seq }))),
+        None => Err(ApiError::NotFound(format!("no parked event {seq}"))),
+    }
+}
+
+async fn discard_parked<H: Reactions>(
+    _auth: Authorized,
+    consumer: web::Data<Consumer<H>>,
+    seq: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    if consumer.discard_parked(*seq).await? {
+        Ok(HttpResponse::Ok().json(serde_json::json!({ "discarded": *seq })))
+    } else {
+        Err(ApiError::NotFound(format!("no parked event {seq}")))
     }
 }
 
