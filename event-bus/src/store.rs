@@ -82,8 +82,8 @@ impl Store {
         }
         if next > head {
             sqlx::query(
-                "INSERT INTO events (seq, id, type, source, occurred_at, envelope)
-                 SELECT seq, id, type, source, occurred_at, envelope::json
+                "INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
+                 SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
                  FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
                    AS t(seq, id, type, source, occurred_at, envelope)",
             )
@@ -126,12 +126,12 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT seq, envelope FROM (
-                 SELECT seq, envelope::text AS envelope,
-                        sum(octet_length(envelope::text)) OVER (ORDER BY seq) AS running
+            "SELECT seq, envelope::text AS envelope FROM (
+                 SELECT seq, envelope, bytes,
+                        sum(bytes) OVER (ORDER BY seq) AS running
                  FROM events WHERE seq > $1 ORDER BY seq LIMIT $2
              ) page
-             WHERE running - octet_length(envelope) < $3
+             WHERE running - bytes < $3
              ORDER BY seq",
         )
         .bind(after)

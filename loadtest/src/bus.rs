@@ -11,13 +11,18 @@ use crate::stack::{percentile, rss_mib, Error, World};
 
 /// A subscriber that only counts: it finds the highest `"seq":` in each batch, so the
 /// measurement is not spent parsing JSON in the load generator.
-struct Sink {
-    port: u16,
-    highest: Arc<AtomicI64>,
+pub struct Sink {
+    pub port: u16,
+    pub highest: Arc<AtomicI64>,
 }
 
 fn start_sink() -> Result<Sink, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    start_sink_on(0)
+}
+
+/// A counting subscriber on `port` (0: any free one).
+pub fn start_sink_on(port: u16) -> Result<Sink, Error> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
     let port = listener.local_addr()?.port();
     let highest = Arc::new(AtomicI64::new(0));
     let seen = highest.clone();

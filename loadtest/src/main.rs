@@ -1,7 +1,8 @@
 //! Load measurements, rerunnable: `cargo build --release --workspace` then
-//! `target/release/loadtest bus`, `… flow` or `… rebuild`. Each run starts its own PostgreSQL (durable settings)
+//! `target/release/loadtest bus`, `… flow`, `… rebuild` or `… backlog`. Each run starts its own PostgreSQL (durable settings)
 //! and real service processes, reports figures, and removes everything it started.
 
+mod backlog;
 mod bus;
 mod flow;
 mod rebuild;
@@ -14,8 +15,9 @@ async fn main() -> std::process::ExitCode {
         "bus" => bus::run().await,
         "flow" => flow::run().await,
         "rebuild" => rebuild::run().await,
+        "backlog" => backlog::run().await,
         _ => {
-            eprintln!("usage: loadtest bus|flow|rebuild");
+            eprintln!("usage: loadtest bus|flow|rebuild|backlog");
             return std::process::ExitCode::from(2);
         }
     };
