@@ -17,7 +17,7 @@ use std::time::Duration;
 use harness::postgres::Server;
 use harness::process::say;
 use harness::proxy::Endpoints;
-use harness::stack::{local_url, Logs, Ports, Stack, StackOptions, DEFAULT_RUST_LOG};
+use harness::stack::{local_url, Logs, Ports, Stack, StackOptions};
 use harness::topology::{self, CLIENT, SERVICES};
 use tokio::sync::watch;
 
@@ -326,23 +326,20 @@ impl Local<'_> {
         outcome
     }
 
+    /// The harness's whole microblog, as a person at a terminal runs it: the topology's
+    /// ports, coloured prefixed logs, crashes restarted, a bus token.
     fn stack_options(&self, token: &str) -> StackOptions {
-        let mut env = Vec::new();
-        if let Ok(words) = std::env::var("MODERATION_BLOCKLIST") {
-            env.push(("moderation", "MODERATION_BLOCKLIST".to_owned(), words));
-        }
-        StackOptions {
-            services: SERVICES.iter().map(|s| s.name).collect(),
-            replicas: self.options.replicas,
-            ports: Ports::Topology,
-            binaries: self.binaries.clone(),
-            logs: Logs::Prefixed,
-            supervised: true,
-            token: Some(token.to_owned()),
-            log_format: "pretty",
-            rust_log: std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.into()),
-            ready_deadline: READY_DEADLINE,
-            env,
+        let mut options = StackOptions::whole(self.binaries.clone(), self.data_dir);
+        options.replicas = self.options.replicas;
+        options.ports = Ports::Topology;
+        options.logs = Logs::Prefixed;
+        options.supervised = true;
+        options.token = Some(token.to_owned());
+        options.log_format = "pretty";
+        options.ready_deadline = READY_DEADLINE;
+        match std::env::var("MODERATION_BLOCKLIST") {
+            Ok(words) => options.with_env("moderation", "MODERATION_BLOCKLIST", words),
+            Err(_) => options,
         }
     }
 

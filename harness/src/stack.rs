@@ -266,10 +266,16 @@ impl Stack {
         })
     }
 
-    /// Starts every instance, stage by stage, each stage ready before the next starts.
-    pub async fn start(&mut self) -> Result<(), HarnessError> {
+    /// The stages present, in start order (instances are kept sorted by stage).
+    fn stages(&self) -> Vec<u8> {
         let mut stages: Vec<u8> = self.instances.iter().map(|i| i.service.stage()).collect();
         stages.dedup();
+        stages
+    }
+
+    /// Starts every instance, stage by stage, each stage ready before the next starts.
+    pub async fn start(&mut self) -> Result<(), HarnessError> {
+        let stages = self.stages();
         for stage in stages {
             let names: Vec<&'static str> = self
                 .instances
@@ -359,8 +365,7 @@ impl Stack {
     /// Stops every running instance with SIGTERM, the last stage first (the instances of
     /// one stage together), then the Services' proxies; how each instance ended.
     pub async fn stop(&mut self) -> Vec<(String, Ended)> {
-        let mut stages: Vec<u8> = self.instances.iter().map(|i| i.service.stage()).collect();
-        stages.dedup();
+        let stages = self.stages();
         let mut ended = Vec::new();
         for stage in stages.into_iter().rev() {
             let stopping = self

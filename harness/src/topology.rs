@@ -159,12 +159,21 @@ impl Service {
     }
 
     pub fn deployment(&self) -> String {
-        format!("{}-depl", self.name)
+        deployment_of(self.name)
     }
 
     pub fn image(&self) -> String {
-        format!("microblog/{}", self.name)
+        image_of(self.name)
     }
+}
+
+/// Every workload's Deployment is `<name>-depl`, its image `microblog/<name>`.
+fn deployment_of(name: &str) -> String {
+    format!("{name}-depl")
+}
+
+fn image_of(name: &str) -> String {
+    format!("microblog/{name}")
 }
 
 /// The service called `name`.
@@ -208,8 +217,8 @@ pub fn to_json() -> Value {
         "client": {
             "name": CLIENT.name,
             "k8sService": CLIENT.k8s_service,
-            "deployment": format!("{}-depl", CLIENT.name),
-            "image": format!("microblog/{}", CLIENT.name),
+            "deployment": deployment_of(CLIENT.name),
+            "image": image_of(CLIENT.name),
             "port": CLIENT.port,
         },
         "routes": routes,

@@ -249,19 +249,20 @@ impl<H: Reactions> Consumer<H> {
         };
         let envelope: Envelope =
             serde_json::from_str(&stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if let Err(source) = self.apply_one(&mut tx, &envelope).await {
+        if let Err(failed) = self.apply_one(&mut tx, &envelope).await {
             let _ = tx.rollback().await;
+            let cause = match &failed {
+                ConsumerError::Apply { source, .. } => error_chain(source),
+                other => error_chain(other),
+            };
             sqlx::query(
                 "UPDATE parked_events SET error = $2, attempts = attempts + 1 WHERE seq = $1",
             )
             .bind(seq)
-            .bind(error_chain(&source))
+            .bind(cause)
             .execute(&self.pool)
             .await?;
-            return Err(ConsumerError::Apply {
-                envelope: Box::new(envelope),
-                source,
-            });
+            return Err(failed);
         }
         tx.commit().await?;
         tracing::info!(seq, event_id = %envelope.id, "parked event retried and applied");
@@ -340,22 +341,12 @@ impl<H: Reactions> Consumer<H> {
                             found: Some(earlier.seq),
                         });
                     }
-                    self.apply_one(&mut *tx, earlier).await.map_err(|source| {
-                        ConsumerError::Apply {
-                            envelope: Box::new(earlier.clone()),
-                            source,
-                        }
-                    })?;
+                    self.apply_one(&mut *tx, earlier).await?;
                     cursor = earlier.seq;
                     outcome.applied += 1;
                 }
             }
-            self.apply_one(&mut *tx, envelope)
-                .await
-                .map_err(|source| ConsumerError::Apply {
-                    envelope: Box::new(envelope.clone()),
-                    source,
-                })?;
+            self.apply_one(&mut *tx, envelope).await?;
             cursor = envelope.seq;
             outcome.applied += 1;
         }
@@ -369,11 +360,12 @@ impl<H: Reactions> Consumer<H> {
         Ok(outcome)
     }
 
+    /// Applies one event in the caller's transaction; a failure names the event.
     async fn apply_one(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), ConsumerError> {
         let started = Instant::now();
         let span = tracing::info_span!(
             "event",
@@ -397,7 +389,11 @@ impl<H: Reactions> Consumer<H> {
                     self.handler.apply(conn, envelope, event),
                     span.clone(),
                 )
-                .await?;
+                .await
+                .map_err(|source| ConsumerError::Apply {
+                    envelope: Box::new(envelope.clone()),
+                    source,
+                })?;
                 span.in_scope(|| {
                     tracing::info!(
                         latency_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -43,11 +43,9 @@ impl Readiness {
 
     /// Not ready until `mark_ready` is called, either.
     pub fn pending(database: Database) -> Self {
-        Self {
-            database,
-            caught_up: Arc::new(AtomicBool::new(false)),
-            relay: None,
-        }
+        let mut readiness = Self::database(database);
+        readiness.wait_for_catch_up();
+        readiness
     }
 
     /// Not ready until `mark_ready`, from now on (a consumer that must catch up first).
