@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use contract::{json_array, BATCH_BYTES};
 use service_kit::backoff::Backoff;
 use service_kit::config::Subscriber;
-use service_kit::error::error_chain;
+use service_kit::error::{error_chain, LOG_DIVERGED};
 use service_kit::shutdown::ShutdownSignal;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,6 +46,12 @@ pub fn spawn_all(
             tokio::spawn(delivery.run(head.clone(), signal.clone()))
         })
         .collect()
+}
+
+struct DeliveryFailure {
+    message: String,
+    /// The subscriber answered that this log diverged from the one it applied.
+    diverged: bool,
 }
 
 struct Delivery {
@@ -118,17 +124,28 @@ impl Delivery {
                         "delivered"
                     );
                 }
-                Err(error) => {
+                Err(failure) => {
                     let delay = backoff.next_delay();
-                    self.failed(&error).await;
-                    tracing::warn!(subscriber = name, first_seq = first, %error, retry_in_ms = delay.as_millis() as u64, "delivery failed");
+                    self.failed(&failure.message).await;
+                    let error = failure.message.as_str();
+                    if failure.diverged {
+                        self.diverged(first, error).await;
+                    } else {
+                        tracing::warn!(
+                            subscriber = name,
+                            first_seq = first,
+                            error,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "delivery failed"
+                        );
+                    }
                     signal.sleep(delay).await;
                 }
             }
         }
     }
 
-    async fn post(&self, batch: &[StoredEvent]) -> Result<(), String> {
+    async fn post(&self, batch: &[StoredEvent]) -> Result<(), DeliveryFailure> {
         let body = json_array(batch.iter().map(|e| e.envelope.as_str()));
         let mut request = self
             .http
@@ -138,17 +155,45 @@ impl Delivery {
         if let Some(token) = &self.settings.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| error_chain(&e))?;
+        let response = request.send().await.map_err(|e| DeliveryFailure {
+            message: error_chain(&e),
+            diverged: false,
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
         let text = response.text().await.unwrap_or_default();
-        Err(format!(
-            "{} answered {status}: {}",
-            self.subscriber.url,
-            text.chars().take(300).collect::<String>()
-        ))
+        let code = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
+        Err(DeliveryFailure {
+            message: format!(
+                "{} answered {status}: {}",
+                self.subscriber.url,
+                text.chars().take(500).collect::<String>()
+            ),
+            diverged: status == reqwest::StatusCode::CONFLICT
+                && code.as_deref() == Some(LOG_DIVERGED),
+        })
+    }
+
+    /// The subscriber refuses this log: it applied other events at these seqs. Retrying
+    /// is right (it takes deliveries again once an operator resyncs it), but said loudly.
+    async fn diverged(&self, first_seq: i64, error: &str) {
+        let first_time = self
+            .store
+            .record_divergence(&self.subscriber.name, error)
+            .await
+            .unwrap_or(true);
+        if first_time {
+            tracing::error!(
+                subscriber = self.subscriber.name.as_str(),
+                first_seq,
+                error,
+                "the subscriber refuses this log as not the one it applied: this bus's database was restored or recreated, and its seqs are reused; see docs/operations.md (resync)"
+            );
+        }
     }
 
     /// Recorded for `GET /subscriptions`; a database too far away to record it in is

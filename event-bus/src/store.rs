@@ -158,7 +158,7 @@ impl Store {
     /// cursor backwards.
     pub async fn acknowledge(&self, name: &str, cursor: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE subscriptions SET cursor = GREATEST(cursor, $2), last_success_at = now(), consecutive_failures = 0 WHERE name = $1",
+            "UPDATE subscriptions SET cursor = GREATEST(cursor, $2), last_success_at = now(), consecutive_failures = 0, diverged = NULL WHERE name = $1",
         )
         .bind(name)
         .bind(cursor)
@@ -179,11 +179,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a subscriber refused this log as diverged from what it applied; true
+    /// the first time (until it acknowledges a delivery again).
+    pub async fn record_divergence(&self, name: &str, why: &str) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE subscriptions SET diverged = $2 WHERE name = $1 AND diverged IS NULL",
+        )
+        .bind(name)
+        .bind(why)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
     /// The state of the subscribers `names`, in that order (one not yet subscribed is
     /// left out).
     pub async fn subscriptions(&self, names: &[String]) -> Result<Vec<Subscription>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT name, url, cursor, last_success_at, last_error, last_error_at, consecutive_failures
+            "SELECT name, url, cursor, last_success_at, last_error, last_error_at, consecutive_failures, diverged
              FROM subscriptions JOIN UNNEST($1::text[]) WITH ORDINALITY AS wanted(name, position) USING (name)
              ORDER BY position",
         )
@@ -216,6 +230,8 @@ pub struct Subscription {
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_error_at: Option<OffsetDateTime>,
     pub consecutive_failures: i32,
+    /// Why the subscriber refuses this log, if it does: it was rewound under it.
+    pub diverged: Option<String>,
 }
 
 /// The replica that leads the deliveries.

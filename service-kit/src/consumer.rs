@@ -2,7 +2,9 @@
 //! one transaction, so an event's effect happens exactly once however often it is
 //! delivered, and strictly in seq order — a delivery that starts past a hole (the
 //! database was restored or wiped) never jumps it: the missing range is read from the
-//! bus first.
+//! bus first. The cursor keeps the id of the event it points at, so a bus whose log was
+//! rewound (restored from a backup, recreated) is refused, never trusted: its reused seq
+//! numbers would otherwise be skipped as duplicates.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub enum ConsumerError {
     Bus(#[from] BusError),
     #[error("the bus has no event {expected} (it sent {found:?}); refusing to skip it")]
     Hole { expected: i64, found: Option<i64> },
+    /// The bus's log is not the one this service applied: refused until `resync`.
+    #[error("{0}")]
+    Diverged(String),
     /// Applying one event failed; the delivery's transaction rolled back.
     #[error("applying event {} (seq {}): {source}", .envelope.id, .envelope.seq)]
     Apply {
@@ -57,6 +62,7 @@ impl From<ConsumerError> for ApiError {
             ConsumerError::Database(e) | ConsumerError::Apply { source: e, .. } => {
                 ApiError::from(e)
             }
+            ConsumerError::Diverged(divergence) => ApiError::LogDiverged(divergence),
             other => ApiError::Unavailable(error_chain(&other)),
         }
     }
@@ -148,6 +154,10 @@ impl<H: Reactions> Consumer<H> {
                     }
                     self.park(&envelope, &source).await?;
                 }
+                Err(ConsumerError::Diverged(divergence)) => {
+                    self.record_divergence(&divergence).await?;
+                    break Err(ConsumerError::Diverged(divergence));
+                }
                 other => break other,
             }
         };
@@ -155,6 +165,57 @@ impl<H: Reactions> Consumer<H> {
             self.committed();
         }
         result
+    }
+
+    /// Remembers, for every replica's `/readyz` and every later delivery, that the bus's
+    /// log diverged from this service's; said at error level once.
+    async fn record_divergence(&self, divergence: &str) -> Result<(), sqlx::Error> {
+        let first = sqlx::query("UPDATE consumer_cursor SET diverged = $1 WHERE diverged IS NULL")
+            .bind(divergence)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0;
+        if first {
+            tracing::error!(
+                divergence,
+                "refusing the event bus: its log is not the one this service applied (restored from a backup or recreated?); nothing more is applied until an operator resyncs (POST /resync, docs/operations.md)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Forgets the divergence and re-reads the whole log from seq 1, applying what this
+    /// service lacks: reactions are idempotent by natural key, so what it applied before
+    /// changes nothing, and the events the restored bus took since are applied. Returns
+    /// the cursor reached.
+    pub async fn resync(&self) -> Result<i64, ConsumerError> {
+        {
+            let _serial = self.apply_lock.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let (was, divergence): (i64, Option<String>) =
+                sqlx::query_as("SELECT seq, diverged FROM consumer_cursor FOR UPDATE")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sqlx::query(
+                "UPDATE consumer_cursor SET seq = 0, event_id = NULL, diverged = NULL, updated_at = now()",
+            )
+            .execute(&mut *tx)
+            .await?;
+            // Counted against seqs of the old log: meaningless now.
+            sqlx::query("DELETE FROM delivery_failures")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::warn!(
+                was,
+                divergence = divergence.as_deref().unwrap_or(""),
+                "resync by an operator: re-reading the bus's whole log"
+            );
+        }
+        let cursor = self.catch_up().await?;
+        tracing::info!(cursor, "resynced with the event bus");
+        Ok(cursor)
     }
 
     fn committed(&self) {
@@ -199,6 +260,8 @@ impl<H: Reactions> Consumer<H> {
             "WITH failed AS (DELETE FROM delivery_failures WHERE seq = $1 RETURNING attempts)
              INSERT INTO parked_events (seq, event_id, type, envelope, error, attempts)
              SELECT $1, $2, $3, $4::json, $5, COALESCE((SELECT attempts FROM failed), 0)
+             ON CONFLICT (seq) DO UPDATE SET event_id = EXCLUDED.event_id, type = EXCLUDED.type,
+               envelope = EXCLUDED.envelope, error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()
              RETURNING attempts",
         )
         .bind(envelope.seq)
@@ -208,8 +271,9 @@ impl<H: Reactions> Consumer<H> {
         .bind(error_chain(error))
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("UPDATE consumer_cursor SET seq = $1, updated_at = now()")
+        sqlx::query("UPDATE consumer_cursor SET seq = $1, event_id = $2, updated_at = now()")
             .bind(envelope.seq)
+            .bind(envelope.id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -305,17 +369,29 @@ impl<H: Reactions> Consumer<H> {
         tx: &mut PgConnection,
         batch: &[Envelope],
     ) -> Result<DeliveryOutcome, ConsumerError> {
-        let start: i64 = sqlx::query_scalar("SELECT seq FROM consumer_cursor FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
+        let position: CursorPosition =
+            sqlx::query_as("SELECT seq, event_id, diverged FROM consumer_cursor FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(divergence) = position.diverged {
+            return Err(ConsumerError::Diverged(divergence));
+        }
+        let start = position.seq;
         let mut cursor = start;
+        let mut last_applied = None;
         let mut outcome = DeliveryOutcome {
             applied: 0,
             skipped: 0,
             cursor,
         };
+        // Whether the delivery showed which event the bus has at our cursor.
+        let mut checked_start = start == 0;
         for envelope in batch {
             if envelope.seq <= cursor {
+                if envelope.seq == start {
+                    check_same(start, position.event_id, envelope)?;
+                    checked_start = true;
+                }
                 outcome.skipped += 1;
                 continue;
             }
@@ -348,11 +424,26 @@ impl<H: Reactions> Consumer<H> {
             }
             self.apply_one(&mut *tx, envelope).await?;
             cursor = envelope.seq;
+            last_applied = Some(envelope.id);
             outcome.applied += 1;
         }
+        if outcome.applied == 0 && !checked_start {
+            // Nothing new, only events below our cursor (or none): a redelivery, or a
+            // rewound log reusing seqs we passed. The bus's event at our cursor tells which.
+            let at_cursor = self.bus.events_after(start - 1, 1).await?;
+            match at_cursor.first() {
+                Some(found) if found.seq == start => check_same(start, position.event_id, found)?,
+                _ => {
+                    return Err(ConsumerError::Diverged(format!(
+                        "the bus's log ends before seq {start}, the last event this service applied: the bus's database was restored from an older backup or recreated"
+                    )))
+                }
+            }
+        }
         if cursor > start {
-            sqlx::query("UPDATE consumer_cursor SET seq = $1, updated_at = now()")
+            sqlx::query("UPDATE consumer_cursor SET seq = $1, event_id = $2, updated_at = now()")
                 .bind(cursor)
+                .bind(last_applied)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -412,16 +503,53 @@ impl<H: Reactions> Consumer<H> {
     }
 
     /// Reads and applies everything the bus has after our cursor, a page at a time (the
-    /// bus may answer a page short, when its events are large), until a page is empty.
+    /// bus may answer a page short, when its events are large), until the bus has nothing
+    /// newer. Each page starts at the cursor's own event, so a rewound log is caught here.
     pub async fn catch_up(&self) -> Result<i64, ConsumerError> {
         loop {
             let cursor = self.cursor().await?;
-            let page = self.bus.events_after(cursor, PAGE as u32).await?;
-            if page.is_empty() {
+            let from = (cursor - 1).max(0);
+            let page = self.bus.events_after(from, PAGE as u32).await?;
+            if cursor == 0 && page.is_empty() {
                 return Ok(cursor);
             }
-            self.deliver(page).await?;
+            let newest = page.last().map(|e| e.seq);
+            // An empty page past 0 is checked too: the log would end before our cursor.
+            let outcome = self.deliver(page).await?;
+            if newest.is_none_or(|newest| newest <= cursor) {
+                return Ok(outcome.cursor);
+            }
         }
+    }
+}
+
+/// Why this service refuses the bus, if it does: for `/readyz`.
+pub async fn divergence(pool: &PgPool) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT diverged FROM consumer_cursor")
+        .fetch_one(pool)
+        .await
+}
+
+/// Where the cursor is, and what it points at.
+#[derive(sqlx::FromRow)]
+struct CursorPosition {
+    seq: i64,
+    event_id: Option<uuid::Uuid>,
+    diverged: Option<String>,
+}
+
+/// The bus's event at our cursor must be the one we applied there.
+fn check_same(
+    seq: i64,
+    applied: Option<uuid::Uuid>,
+    found: &Envelope,
+) -> Result<(), ConsumerError> {
+    match applied {
+        Some(applied) if applied != found.id => Err(ConsumerError::Diverged(format!(
+            "the bus's event at seq {seq} is {}, but this service applied {applied} there: the bus's log was rewound (restored from an older backup or recreated) and reuses seq numbers",
+            found.id
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -500,6 +628,12 @@ impl<H: Reactions> ConsumerRoutes<H> {
                 .route("", web::get().to(list_parked::<H>))
                 .route("/{seq}/retry", web::post().to(retry_parked::<H>))
                 .route("/{seq}", web::delete().to(discard_parked::<H>)),
+        )
+        .service(
+            web::resource("/resync")
+                .app_data(self.consumer.clone())
+                .app_data(self.auth.clone())
+                .route(web::post().to(resync::<H>)),
         );
     }
 }
@@ -548,6 +682,14 @@ async fn discard_parked<H: Reactions>(
     } else {
         Err(ApiError::NotFound(format!("no parked event {seq}")))
     }
+}
+
+async fn resync<H: Reactions>(
+    _auth: Authorized,
+    consumer: web::Data<Consumer<H>>,
+) -> Result<HttpResponse, ApiError> {
+    let cursor = consumer.resync().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "resynced": true, "cursor": cursor })))
 }
 
 async fn receive<H: Reactions>(

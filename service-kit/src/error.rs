@@ -34,10 +34,16 @@ pub enum ApiError {
     Database(#[source] Arc<sqlx::Error>),
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
+    /// A consumer refuses a bus whose log is not the one it applied (see `consumer`).
+    #[error("{0}")]
+    LogDiverged(String),
     /// A mistake in our code or wiring, never the client's: 500, logged.
     #[error("internal error")]
     Bug(String),
 }
+
+/// The error code of a consumer's refusal of a rewound log; the bus looks for it.
+pub const LOG_DIVERGED: &str = "log_diverged";
 
 impl ApiError {
     pub fn code(&self) -> &'static str {
@@ -52,6 +58,7 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::Database(error) => DatabaseFailure::of(error).code(),
             Self::Unavailable(_) => "unavailable",
+            Self::LogDiverged(_) => LOG_DIVERGED,
             Self::Bug(_) => "internal",
         }
     }
@@ -79,6 +86,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Database(error) => DatabaseFailure::of(error).status(),
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LogDiverged(_) => StatusCode::CONFLICT,
             Self::Bug(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

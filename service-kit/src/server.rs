@@ -25,6 +25,9 @@ use crate::shutdown::Shutdown;
 pub struct Readiness {
     database: Database,
     caught_up: Arc<AtomicBool>,
+    /// A consumer is not ready while it refuses a diverged bus (recorded in its database,
+    /// so every replica says so).
+    consumer: bool,
     relay: Option<Arc<Refusals>>,
 }
 
@@ -37,6 +40,7 @@ impl Readiness {
         Self {
             database,
             caught_up: Arc::new(AtomicBool::new(true)),
+            consumer: false,
             relay: None,
         }
     }
@@ -51,6 +55,7 @@ impl Readiness {
     /// Not ready until `mark_ready`, from now on (a consumer that must catch up first).
     pub fn wait_for_catch_up(&mut self) {
         self.caught_up = Arc::new(AtomicBool::new(false));
+        self.consumer = true;
     }
 
     /// Shows the outbox relay's refusals in the health detail.
@@ -93,9 +98,22 @@ impl Readiness {
                 "still catching up with the event bus".into(),
             ));
         }
-        let ping = sqlx::query("SELECT 1").execute(&self.database.pool);
+        let pool = &self.database.pool;
+        let ping = async {
+            if self.consumer {
+                match crate::consumer::divergence(pool).await? {
+                    Some(divergence) => Err(ApiError::Unavailable(format!(
+                        "refusing the event bus until resynced: {divergence}"
+                    ))),
+                    None => Ok(()),
+                }
+            } else {
+                sqlx::query("SELECT 1").execute(pool).await?;
+                Ok(())
+            }
+        };
         match tokio::time::timeout(READINESS_TIMEOUT, ping).await {
-            Ok(answer) => answer.map(|_| ()).map_err(ApiError::from),
+            Ok(answer) => answer,
             Err(_) => Err(ApiError::Unavailable("the database does not answer".into())),
         }
     }

@@ -294,3 +294,145 @@ async fn a_consumer_service_catches_up_before_ready_then_takes_deliveries_from_t
     app.stop().await;
     bus.stop().await;
 }
+
+/// Remembers each post once by its id, whichever seq brings it: idempotent by natural
+/// key, as the services' reactions are.
+struct RememberPosts;
+
+impl Reactions for RememberPosts {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        _envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), sqlx::Error> {
+        if let Event::PostCreated(post) = event {
+            sqlx::query("INSERT INTO applied (seq, title) VALUES (0, $1) ON CONFLICT DO NOTHING")
+                .bind(post.id)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn remembered(pool: &PgPool) -> usize {
+    sqlx::query_scalar::<_, i64>("SELECT count(DISTINCT title) FROM applied")
+        .fetch_one(pool)
+        .await
+        .unwrap() as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewound_log_is_refused_at_delivery_and_catch_up_until_a_resync_applies_what_it_lacks() {
+    let consumer_db = service_db().await;
+    sqlx::query("ALTER TABLE applied DROP CONSTRAINT applied_seq_key, ADD UNIQUE (title)")
+        .execute(&consumer_db.pool)
+        .await
+        .unwrap();
+    let original_db = test_db().await;
+    let original = start_bus(&original_db, BusOptions::default()).await;
+    original
+        .client()
+        .publish(&(0..20).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let consumer = Consumer::new(consumer_db.pool.clone(), original.client(), RememberPosts);
+    assert_eq!(consumer.catch_up().await.unwrap(), 20);
+    original.stop().await;
+
+    // Another log behind the consumer: its events at seqs 1..15 are not the ones applied.
+    let other_db = test_db().await;
+    let other = start_bus(&other_db, BusOptions::default()).await;
+    other
+        .client()
+        .publish(&(100..115).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let consumer = Consumer::new(consumer_db.pool.clone(), other.client(), RememberPosts);
+    let redelivered = other.client().events_after(0, 15).await.unwrap();
+    let refused = consumer.deliver(redelivered).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("ends before seq 20"),
+        "{refused}"
+    );
+    let divergence = service_kit::consumer::divergence(&consumer_db.pool)
+        .await
+        .unwrap();
+    assert!(divergence.is_some_and(|d| d.contains("ends before seq 20")));
+    // Sticky: a catch-up, or any later delivery, is refused too, and nothing applies.
+    assert!(matches!(
+        consumer.catch_up().await,
+        Err(service_kit::consumer::ConsumerError::Diverged(_))
+    ));
+    assert_eq!(
+        (
+            consumer.cursor().await.unwrap(),
+            remembered(&consumer_db.pool).await
+        ),
+        (20, 20)
+    );
+
+    // The other log grows past the cursor: at seq 20 it has another event.
+    other
+        .client()
+        .publish(&(115..125).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE consumer_cursor SET diverged = NULL")
+        .execute(&consumer_db.pool)
+        .await
+        .unwrap();
+    let refused = consumer
+        .deliver(other.client().events_after(17, 8).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("at seq 20 is"), "{refused}");
+    assert!(matches!(
+        consumer.catch_up().await,
+        Err(service_kit::consumer::ConsumerError::Diverged(_))
+    ));
+
+    // Resynced: the whole other log is read; what was applied stays, once.
+    assert_eq!(consumer.resync().await.unwrap(), 25);
+    assert_eq!(remembered(&consumer_db.pool).await, 45);
+    assert!(service_kit::consumer::divergence(&consumer_db.pool)
+        .await
+        .unwrap()
+        .is_none());
+    // And from then on it is the log: a redelivery is a redelivery, new events apply.
+    let again = consumer
+        .deliver(other.client().events_after(20, 5).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!((again.applied, again.skipped), (0, 5));
+    other.client().publish(&[post(200)]).await.unwrap();
+    assert_eq!(consumer.catch_up().await.unwrap(), 26);
+    other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bus_restarted_on_its_own_log_is_trusted() {
+    let bus_db = test_db().await;
+    let consumer_db = service_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    bus.client()
+        .publish(&(0..30).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    assert_eq!(consumer.catch_up().await.unwrap(), 30);
+    // Redeliveries below the cursor (the bus lost its acknowledgement): checked, accepted.
+    let old = bus.client().events_after(5, 10).await.unwrap();
+    let outcome = consumer.deliver(old).await.unwrap();
+    assert_eq!(
+        (outcome.applied, outcome.skipped, outcome.cursor),
+        (0, 10, 30)
+    );
+    assert_eq!(consumer.catch_up().await.unwrap(), 30);
+    assert!(service_kit::consumer::divergence(&consumer_db.pool)
+        .await
+        .unwrap()
+        .is_none());
+    bus.stop().await;
+}

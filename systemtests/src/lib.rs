@@ -2,7 +2,7 @@
 //! its own fresh database on the test cluster, wired as in Kubernetes by the harness.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -187,6 +187,14 @@ impl Microblog {
         std::fs::read_to_string(self.logs.join(format!("{label}.log"))).unwrap_or_default()
     }
 
+    /// The logs of every instance of `service`, one after the other.
+    pub fn logs_of_service(&self, service: &str) -> String {
+        self.stack
+            .instances(service)
+            .map(|instance| self.log_of(&instance.process.program.label))
+            .collect()
+    }
+
     /// Each instance's process id (none for one that is not running).
     pub fn pids(&self) -> Vec<Option<u32>> {
         self.stack.all().map(|i| i.process.pid()).collect()
@@ -291,6 +299,46 @@ impl Microblog {
         self.databases.insert(service, empty);
     }
 
+    /// A `pg_dump` of a service's database as it is now (plain SQL), as an operator's
+    /// backup would be.
+    pub fn dump_database(&self, service: &str) -> PathBuf {
+        let dump = self
+            .logs
+            .join(format!("{service}-{:08x}.sql", fastrand::u32(..)));
+        run_pg_tool(
+            "pg_dump",
+            &[
+                "--no-owner",
+                "--no-privileges",
+                "--clean",
+                "--if-exists",
+                "--file",
+                &dump.to_string_lossy(),
+                &self.databases[service].url,
+            ],
+        );
+        dump
+    }
+
+    /// Replaces a service's database with one restored from `dump` (as an operator does
+    /// after losing the volume), from the service's next start on.
+    pub async fn restore_database(&mut self, service: &'static str, dump: &Path) {
+        let restored = TestDatabase::new(&Migrator::DEFAULT).await;
+        run_pg_tool(
+            "psql",
+            &[
+                "--quiet",
+                "--set",
+                "ON_ERROR_STOP=1",
+                "--file",
+                &dump.to_string_lossy(),
+                &restored.url,
+            ],
+        );
+        self.stack.set_env(service, "DATABASE_URL", &restored.url);
+        self.databases.insert(service, restored);
+    }
+
     /// `POST /posts/create` through the posts service; asserts 201 and returns the post.
     pub async fn create_post(&self, title: &str) -> Value {
         self.api
@@ -350,6 +398,20 @@ impl Drop for Microblog {
             eprintln!("service logs kept in {}", self.logs.display());
         }
     }
+}
+
+/// Runs a PostgreSQL client tool to completion; panics with its output if it fails.
+fn run_pg_tool(name: &str, args: &[&str]) {
+    let binary = harness::postgres::pg_binary(name).unwrap_or_else(|error| panic!("{error}"));
+    let output = std::process::Command::new(&binary)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("run {}: {error}", binary.display()));
+    assert!(
+        output.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// An HTTP client for requests the helpers above do not cover.

@@ -257,3 +257,146 @@ async fn a_producer_with_the_wrong_bus_token_says_so_loudly_and_publishes_everyt
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_restored_from_an_older_backup_is_refused_not_trusted_and_a_resync_brings_everything_back(
+) {
+    const TOKEN: &str = "restore-test-token";
+    let env: Vec<(&'static str, &str, &str)> = harness::topology::SERVICES
+        .iter()
+        .map(|s| (s.name, "EVENT_BUS_TOKEN", TOKEN))
+        .collect();
+    let mut stack = Microblog::start_with(2, &env).await;
+    let mut before = Vec::new();
+    for n in 0..3 {
+        before.push(id_of(
+            &stack.create_post(&format!("before the backup {n}")).await,
+        ));
+    }
+    let commented = before[0].clone();
+    let comment = id_of(&stack.create_comment(&commented, "before the backup").await);
+    eventually(WAIT, "the first comment approved", || async {
+        stack.comment_status(&commented, &comment).await.as_deref() == Some("approved")
+    })
+    .await;
+    let backup = stack.dump_database("event-bus");
+
+    // Ten events after the backup, applied by every consumer.
+    let mut lost = Vec::new();
+    for n in 0..10 {
+        lost.push(id_of(
+            &stack.create_post(&format!("after the backup {n}")).await,
+        ));
+    }
+    eventually(
+        WAIT,
+        "the ten posts after the backup in the view",
+        || async {
+            let view = stack.view().await;
+            lost.iter().all(|id| view.get(id).is_some())
+        },
+    )
+    .await;
+
+    stack.stop("event-bus").await;
+    stack.restore_database("event-bus", &backup).await;
+    stack.restart("event-bus").await;
+    let mut new = Vec::new();
+    for n in 0..5 {
+        new.push(id_of(
+            &stack.create_post(&format!("after the restore {n}")).await,
+        ));
+    }
+
+    // The restored bus hands out seqs the consumers passed: every one of them refuses it.
+    let bus = stack.url("event-bus");
+    eventually(
+        WAIT,
+        "every subscriber's divergence in /subscriptions",
+        || async {
+            let subscriptions = stack.get_json(&format!("{bus}/subscriptions")).await;
+            subscriptions["subscriptions"]
+                .as_array()
+                .is_some_and(|all| all.len() == 3 && all.iter().all(|s| s["diverged"].is_string()))
+        },
+    )
+    .await;
+    for service in ["query", "comments", "moderation"] {
+        eventually(
+            WAIT,
+            &format!("{service} not ready, saying why"),
+            || async {
+                stack.health().await.iter().all(|(name, _, ready)| {
+                    !name.starts_with(&format!("{service} ")) || *ready == 503
+                })
+            },
+        )
+        .await;
+        for url in stack.instance_urls(service) {
+            let readyz = stack.get_json(&format!("{url}/readyz")).await;
+            assert!(
+                readyz.to_string().contains("refusing the event bus"),
+                "{service}: {readyz}"
+            );
+        }
+        assert!(
+            stack
+                .logs_of_service(service)
+                .lines()
+                .any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("refusing the event bus")),
+            "{service} logged no error naming the divergence"
+        );
+    }
+    for id in &new {
+        for query in stack.instance_urls("query") {
+            assert!(
+                stack.view_of(&query).await.get(id).is_none(),
+                "{id} applied from a diverged log"
+            );
+        }
+    }
+
+    // The recovery in docs/operations.md: resync each consumer, through any one replica.
+    for service in ["comments", "moderation", "query"] {
+        let url = &stack.instance_urls(service)[0];
+        let answer = http()
+            .post(format!("{url}/resync"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            200,
+            "{service}: {}",
+            answer.text().await.unwrap()
+        );
+    }
+    eventually(WAIT, "every instance ready again", || stack.all_ready()).await;
+    let late = id_of(&stack.create_comment(&new[0], "after the recovery").await);
+    eventually(WAIT, "the new comment approved", || async {
+        stack.comment_status(&new[0], &late).await.as_deref() == Some("approved")
+    })
+    .await;
+    // Every post is in every replica's view: the new ones, and the ten the restored log
+    // lost (the view keeps what it had applied).
+    for query in stack.instance_urls("query") {
+        let view = stack.view_of(&query).await;
+        for id in before.iter().chain(&lost).chain(&new) {
+            assert!(view.get(id).is_some(), "{id} missing from {query}");
+        }
+    }
+    let subscriptions = stack.get_json(&format!("{bus}/subscriptions")).await;
+    assert!(
+        subscriptions["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["diverged"].is_null()),
+        "{subscriptions}"
+    );
+}
+
+fn id_of(created: &Value) -> String {
+    created["id"].as_str().unwrap().to_owned()
+}
