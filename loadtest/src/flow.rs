@@ -10,9 +10,8 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use harness::api::ApiClient;
-use harness::topology::SERVICES;
 
-use crate::stack::{drive, percentile, rss_mib, Error, World};
+use crate::stack::{create_comment, create_post, drive, report, Error, Microblog};
 
 /// When each change first showed on the query service's live stream (pushed only after
 /// the change committed, so from that instant `GET /posts/{id}` has it).
@@ -128,68 +127,6 @@ async fn watch_stream(api: ApiClient, query: String, seen: Arc<Seen>) -> Result<
         }
     }
     Err("the live stream ended".into())
-}
-
-struct Microblog {
-    world: World,
-    urls: HashMap<&'static str, String>,
-    api: ApiClient,
-}
-
-impl Microblog {
-    async fn start() -> Result<Self, Error> {
-        let names: Vec<&'static str> = SERVICES.iter().map(|s| s.name).collect();
-        let mut world = World::new(&names, |options| options).await?;
-        world.stack.start().await?;
-        let urls = names.iter().map(|n| (*n, world.stack.url(n))).collect();
-        Ok(Self {
-            world,
-            urls,
-            api: ApiClient::new(),
-        })
-    }
-
-    fn memory(&self) -> String {
-        SERVICES
-            .iter()
-            .map(|service| {
-                let rss = self.world.pid(service.name).and_then(rss_mib);
-                format!("{} {:.1}", service.name, rss.unwrap_or(f64::NAN))
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-async fn create_post(api: &ApiClient, posts: &str, title: &str) -> Result<String, Error> {
-    let post = api.create_post(posts, title).await?;
-    post["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| "created post has no id".into())
-}
-
-async fn create_comment(
-    api: &ApiClient,
-    comments: &str,
-    post_id: &str,
-    content: &str,
-) -> Result<String, Error> {
-    let comment = api.create_comment(comments, post_id, content).await?;
-    comment["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| "the new comment has no id".into())
-}
-
-fn report(name: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "{name:<44} n={:<6} p50 {:>7.2} ms   p99 {:>7.2} ms",
-        ms.len(),
-        percentile(&ms, 50.0),
-        percentile(&ms, 99.0)
-    );
 }
 
 pub async fn run() -> Result<(), Error> {
