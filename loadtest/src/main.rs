@@ -9,6 +9,7 @@ mod figures;
 mod flow;
 mod rebuild;
 mod stack;
+mod timeline;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -17,10 +18,11 @@ async fn main() -> std::process::ExitCode {
         "bus" => bus::run().await,
         "flow" => flow::run().await,
         "figures" => figures::run().await,
+        "timeline" => timeline::run().await,
         "rebuild" => rebuild::run().await,
         "backlog" => backlog::run().await,
         _ => {
-            eprintln!("usage: loadtest figures|flow|bus|rebuild|backlog");
+            eprintln!("usage: loadtest figures|timeline|flow|bus|rebuild|backlog");
             return std::process::ExitCode::from(2);
         }
     };

@@ -68,6 +68,11 @@ impl World {
         pids
     }
 
+    /// What `service`'s first instance has logged so far (JSON lines).
+    pub fn log_of(&self, service: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{service}.log"))).unwrap_or_default()
+    }
+
     pub fn pid(&self, service: &str) -> Option<u32> {
         self.stack
             .instances(service)

@@ -56,6 +56,107 @@ pub async fn update_comment(
     Ok(done.rows_affected() == 1)
 }
 
+/// Adds posts in the order given (their position in the view); the ones already there
+/// stay as they are. How many were new.
+pub async fn add_posts(conn: &mut PgConnection, posts: &[PostCreated]) -> Result<u64, sqlx::Error> {
+    if posts.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = posts.iter().map(|p| p.id.as_str()).collect();
+    let titles: Vec<&str> = posts.iter().map(|p| p.title.as_str()).collect();
+    let done = sqlx::query(
+        "INSERT INTO posts (id, title)
+         SELECT id, title FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(id, title, n)
+         ORDER BY n
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&titles)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Adds comments in the order given, as `add_comment` does each. How many were new.
+pub async fn add_comments(
+    conn: &mut PgConnection,
+    comments: &[CommentCreated],
+) -> Result<u64, sqlx::Error> {
+    if comments.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = comments.iter().map(|c| c.id.as_str()).collect();
+    let posts: Vec<&str> = comments.iter().map(|c| c.post_id.as_str()).collect();
+    let contents: Vec<&str> = comments.iter().map(|c| c.content.as_str()).collect();
+    let statuses: Vec<&str> = comments.iter().map(|c| c.status.as_str()).collect();
+    let done = sqlx::query(
+        "INSERT INTO comments (id, post_id, content, status, version)
+         SELECT id, post_id, content, status, 0
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(id, post_id, content, status, n)
+         ORDER BY n
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&posts)
+    .bind(&contents)
+    .bind(&statuses)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Of consecutive updates, the one per comment that applying them all in order with
+/// `update_comment` would leave: a higher version wins, and at an equal version the
+/// later one. (Each comment once, as one statement may change a row only once.)
+pub fn latest_updates(updates: Vec<CommentUpdated>) -> Vec<CommentUpdated> {
+    let mut latest: Vec<CommentUpdated> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for update in updates {
+        match index.get(&update.id) {
+            Some(&at) if latest[at].version > update.version => {}
+            Some(&at) => latest[at] = update,
+            None => {
+                index.insert(update.id.clone(), latest.len());
+                latest.push(update);
+            }
+        }
+    }
+    latest
+}
+
+/// `update_comment` for many comments, each at most once. How many changed.
+pub async fn update_comments(
+    conn: &mut PgConnection,
+    updates: &[CommentUpdated],
+) -> Result<u64, sqlx::Error> {
+    if updates.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = updates.iter().map(|c| c.id.as_str()).collect();
+    let posts: Vec<&str> = updates.iter().map(|c| c.post_id.as_str()).collect();
+    let contents: Vec<&str> = updates.iter().map(|c| c.content.as_str()).collect();
+    let statuses: Vec<&str> = updates.iter().map(|c| c.status.as_str()).collect();
+    let versions: Vec<i64> = updates.iter().map(|c| c.version).collect();
+    let done = sqlx::query(
+        "INSERT INTO comments (id, post_id, content, status, version)
+         SELECT id, post_id, content, status, version
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) WITH ORDINALITY AS t(id, post_id, content, status, version, n)
+         ORDER BY n
+         ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status, version = EXCLUDED.version
+         WHERE comments.version < EXCLUDED.version
+            OR (comments.version = EXCLUDED.version
+                AND (comments.status, comments.content) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.content))",
+    )
+    .bind(&ids)
+    .bind(&posts)
+    .bind(&contents)
+    .bind(&statuses)
+    .bind(&versions)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 const POST_JSON: &str = "json_build_object('id', p.id, 'title', p.title, 'comments', COALESCE(
     (SELECT json_agg(json_build_object('id', c.id, 'content', c.content, 'status', c.status) ORDER BY c.position)
      FROM comments c WHERE c.post_id = p.id), '[]'::json))";

@@ -675,3 +675,143 @@ async fn an_event_that_cannot_be_applied_is_parked_after_a_few_attempts_then_ret
     app.stop().await;
     bus.stop().await;
 }
+
+/// Every kind of run the view meets: comments before their posts, updates overtaking
+/// their comments, older versions after newer ones, equal versions, repeats, unknown
+/// types.
+fn mixed_run() -> Vec<Envelope> {
+    use CommentStatus::{Approved, Pending, Rejected};
+    let mut events = Vec::new();
+    for n in 0..12 {
+        let post_id = format!("p{n}");
+        if n % 3 == 0 {
+            events.push(Event::CommentCreated(comment(
+                &format!("early{n}"),
+                &post_id,
+                "early",
+            )));
+        }
+        events.push(Event::PostCreated(post(&post_id, &format!("title {n}"))));
+        events.push(Event::CommentCreated(comment(
+            &format!("c{n}"),
+            &post_id,
+            "hello",
+        )));
+        match n % 4 {
+            0 => {
+                events.push(Event::CommentUpdated(update(
+                    &format!("c{n}"),
+                    &post_id,
+                    Approved,
+                    2,
+                )));
+                events.push(Event::CommentUpdated(update(
+                    &format!("c{n}"),
+                    &post_id,
+                    Rejected,
+                    1,
+                )));
+            }
+            1 => {
+                events.push(Event::CommentUpdated(update(
+                    &format!("c{n}"),
+                    &post_id,
+                    Rejected,
+                    1,
+                )));
+                events.push(Event::CommentUpdated(update(
+                    &format!("c{n}"),
+                    &post_id,
+                    Approved,
+                    1,
+                )));
+            }
+            2 => events.push(Event::CommentUpdated(update(
+                &format!("late{n}"),
+                &post_id,
+                Approved,
+                3,
+            ))),
+            _ => {
+                events.push(Event::CommentUpdated(update(
+                    &format!("c{n}"),
+                    &post_id,
+                    Pending,
+                    0,
+                )));
+                events.push(Event::PostCreated(post(&post_id, "a repeat is ignored")));
+            }
+        }
+    }
+    let mut run: Vec<Envelope> = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| envelope(i as i64 + 1, event))
+        .collect();
+    let next = run.len() as i64 + 1;
+    run.push(envelope_of(
+        next,
+        &json!("SomethingNew"),
+        &json!({"id": "x"}),
+    ));
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_applied_together_leaves_the_view_that_applying_it_one_by_one_leaves() {
+    let run = mixed_run();
+    assert!(run.len() > 40);
+    let (together, one_by_one) = (query_db().await, query_db().await);
+    let bus = BusClient::new(&unreachable_bus_url(), None);
+    let consumer = Consumer::new(together.pool.clone(), bus.clone(), ViewReactions);
+    let outcome = consumer.deliver(run.clone()).await.unwrap();
+    assert_eq!(outcome.applied, run.len());
+    let consumer = Consumer::new(one_by_one.pool.clone(), bus, ViewReactions);
+    for envelope in &run {
+        consumer.deliver(vec![envelope.clone()]).await.unwrap();
+    }
+    let all = view(&together.pool, None, None).await;
+    assert_eq!(all, view(&one_by_one.pool, None, None).await);
+    assert_eq!(keys(&all).len(), 12);
+    assert_eq!(status_of(&together.pool, "p0", "c0").await, "approved");
+    assert_eq!(status_of(&together.pool, "p1", "c1").await, "approved");
+    assert_eq!(status_of(&together.pool, "p2", "late2").await, "approved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_in_a_run_applied_together_is_found_one_by_one_and_parked() {
+    let db = query_db().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused: %', NEW.title USING ERRCODE = 'check_violation'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON posts FOR EACH ROW
+         WHEN (NEW.title LIKE 'poison%') EXECUTE FUNCTION refuse();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let run: Vec<Envelope> = (1..=40)
+        .map(|n| {
+            let title = if n == 25 {
+                "poison".to_owned()
+            } else {
+                format!("post {n}")
+            };
+            envelope(n, &Event::PostCreated(post(&format!("p{n}"), &title)))
+        })
+        .collect();
+    let bus = BusClient::new(&unreachable_bus_url(), None);
+    let consumer = Consumer::new(db.pool.clone(), bus, ViewReactions);
+    for attempt in 1..PARK_AFTER_ATTEMPTS {
+        let refused = consumer.deliver(run.clone()).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("seq 25"),
+            "attempt {attempt}: {refused}"
+        );
+    }
+    let outcome = consumer.deliver(run.clone()).await.unwrap();
+    assert_eq!(outcome.cursor, 40);
+    assert_eq!(keys(&view(&db.pool, None, None).await).len(), 39);
+    let parked = consumer.parked().await.unwrap();
+    assert_eq!(parked.iter().map(|p| p.seq).collect::<Vec<_>>(), [25]);
+}

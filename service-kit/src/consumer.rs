@@ -35,6 +35,22 @@ pub trait Reactions: Send + Sync + 'static {
         envelope: &Envelope,
         event: Event,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Applies a run of consecutive events at once (a catch-up page, a filled hole, a
+    /// big delivery), to the same effect as `apply` on each in order: a service whose
+    /// reactions can be written as a few set-based statements overrides this.
+    fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<(&Envelope, Event)>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async move {
+            for (envelope, event) in events {
+                self.apply(&mut *conn, envelope, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +64,14 @@ pub enum ConsumerError {
     /// The bus's log is not the one this service applied: refused until `resync`.
     #[error("{0}")]
     Diverged(String),
+    /// Applying a run of events together failed; applied one by one, the failing event
+    /// is found (and counted, and parked if it keeps failing).
+    #[error("applying events {first}..={last} together: {source}")]
+    Together {
+        first: i64,
+        last: i64,
+        source: sqlx::Error,
+    },
     /// Applying one event failed; the delivery's transaction rolled back.
     #[error("applying event {} (seq {}): {source}", .envelope.id, .envelope.seq)]
     Apply {
@@ -59,9 +83,9 @@ pub enum ConsumerError {
 impl From<ConsumerError> for ApiError {
     fn from(error: ConsumerError) -> Self {
         match error {
-            ConsumerError::Database(e) | ConsumerError::Apply { source: e, .. } => {
-                ApiError::from(e)
-            }
+            ConsumerError::Database(e)
+            | ConsumerError::Apply { source: e, .. }
+            | ConsumerError::Together { source: e, .. } => ApiError::from(e),
             ConsumerError::Diverged(divergence) => ApiError::LogDiverged(divergence),
             other => ApiError::Unavailable(error_chain(&other)),
         }
@@ -80,6 +104,9 @@ pub const PARK_AFTER_ATTEMPTS: i32 = 5;
 
 /// Events read from the bus per request when catching up or filling a hole.
 const PAGE: i64 = 1000;
+/// Runs at least this long are applied together (`Reactions::apply_many`); shorter ones
+/// one by one, each with its own log line and live-stream change.
+const TOGETHER_FROM: usize = 16;
 
 pub struct Consumer<H> {
     pool: PgPool,
@@ -132,8 +159,16 @@ impl<H: Reactions> Consumer<H> {
         batch.sort_by_key(|e| e.seq);
         batch.dedup_by_key(|e| e.seq);
         let _serial = self.apply_lock.lock().await;
+        let mut together = true;
         let result = loop {
-            match self.apply_batch(&batch).await {
+            match self.apply_batch(&batch, together).await {
+                Err(ConsumerError::Together { source, .. })
+                    if DatabaseFailure::of(&source) != DatabaseFailure::Unavailable =>
+                {
+                    // Somewhere in the run is an event that does not apply: one by one
+                    // finds it.
+                    together = false;
+                }
                 Err(ConsumerError::Apply { envelope, source })
                     if DatabaseFailure::of(&source) != DatabaseFailure::Unavailable =>
                 {
@@ -150,7 +185,7 @@ impl<H: Reactions> Consumer<H> {
                         .cloned()
                         .collect();
                     if !before.is_empty() {
-                        self.apply_batch(&before).await?;
+                        self.apply_batch(&before, false).await?;
                     }
                     self.park(&envelope, &source).await?;
                 }
@@ -348,9 +383,13 @@ impl<H: Reactions> Consumer<H> {
         Ok(discarded)
     }
 
-    async fn apply_batch(&self, batch: &[Envelope]) -> Result<DeliveryOutcome, ConsumerError> {
+    async fn apply_batch(
+        &self,
+        batch: &[Envelope],
+        together: bool,
+    ) -> Result<DeliveryOutcome, ConsumerError> {
         let mut tx = self.pool.begin().await?;
-        match self.apply_in(&mut tx, batch).await {
+        match self.apply_in(&mut tx, batch, together).await {
             Ok(outcome) => {
                 tx.commit().await?;
                 Ok(outcome)
@@ -368,11 +407,18 @@ impl<H: Reactions> Consumer<H> {
         &self,
         tx: &mut PgConnection,
         batch: &[Envelope],
+        together: bool,
     ) -> Result<DeliveryOutcome, ConsumerError> {
-        let position: CursorPosition =
-            sqlx::query_as("SELECT seq, event_id, diverged FROM consumer_cursor FOR UPDATE")
-                .fetch_one(&mut *tx)
-                .await?;
+        // Committed without waiting for the WAL flush: a commit that a crash of the
+        // database loses leaves the cursor behind the bus's, and that range is read again
+        // from the bus (the hole filling below, or the next catch-up); what it published
+        // is published again with the same ids. The producers' own writes stay durable.
+        let position: CursorPosition = sqlx::query_as(
+            "SELECT seq, event_id, diverged, set_config('synchronous_commit', 'off', true) AS commit
+             FROM consumer_cursor FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if let Some(divergence) = position.diverged {
             return Err(ConsumerError::Diverged(divergence));
         }
@@ -386,6 +432,8 @@ impl<H: Reactions> Consumer<H> {
         };
         // Whether the delivery showed which event the bus has at our cursor.
         let mut checked_start = start == 0;
+        // The events to apply next, consecutive from the last one applied.
+        let mut run: Vec<Envelope> = Vec::new();
         for envelope in batch {
             if envelope.seq <= cursor {
                 if envelope.seq == start {
@@ -410,23 +458,26 @@ impl<H: Reactions> Consumer<H> {
                         found: None,
                     });
                 }
-                for earlier in missing.iter().take_while(|e| e.seq < envelope.seq) {
+                for earlier in missing.into_iter().take_while(|e| e.seq < envelope.seq) {
                     if earlier.seq != cursor + 1 {
                         return Err(ConsumerError::Hole {
                             expected: cursor + 1,
                             found: Some(earlier.seq),
                         });
                     }
-                    self.apply_one(&mut *tx, earlier).await?;
                     cursor = earlier.seq;
-                    outcome.applied += 1;
+                    run.push(earlier);
+                }
+                if run.len() >= PAGE as usize {
+                    outcome.applied += self.apply_run(&mut *tx, &run, together).await?;
+                    run.clear();
                 }
             }
-            self.apply_one(&mut *tx, envelope).await?;
             cursor = envelope.seq;
             last_applied = Some(envelope.id);
-            outcome.applied += 1;
+            run.push(envelope.clone());
         }
+        outcome.applied += self.apply_run(&mut *tx, &run, together).await?;
         if outcome.applied == 0 && !checked_start {
             // Nothing new, only events below our cursor (or none): a redelivery, or a
             // rewound log reusing seqs we passed. The bus's event at our cursor tells which.
@@ -451,6 +502,46 @@ impl<H: Reactions> Consumer<H> {
         Ok(outcome)
     }
 
+    /// Applies consecutive events in the caller's transaction: together when there are
+    /// enough of them and `together`, else one by one. Returns how many.
+    async fn apply_run(
+        &self,
+        conn: &mut PgConnection,
+        run: &[Envelope],
+        together: bool,
+    ) -> Result<usize, ConsumerError> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(0);
+        };
+        if !together || run.len() < TOGETHER_FROM {
+            for envelope in run {
+                self.apply_one(&mut *conn, envelope).await?;
+            }
+            return Ok(run.len());
+        }
+        let started = Instant::now();
+        let known: Vec<(&Envelope, Event)> = run
+            .iter()
+            .filter_map(|envelope| handled(envelope).map(|event| (envelope, event)))
+            .collect();
+        self.handler
+            .apply_many(conn, known)
+            .await
+            .map_err(|source| ConsumerError::Together {
+                first: first.seq,
+                last: last.seq,
+                source,
+            })?;
+        tracing::info!(
+            first_seq = first.seq,
+            last_seq = last.seq,
+            count = run.len(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "events applied together"
+        );
+        Ok(run.len())
+    }
+
     /// Applies one event in the caller's transaction; a failure names the event.
     async fn apply_one(
         &self,
@@ -468,37 +559,27 @@ impl<H: Reactions> Consumer<H> {
             comment_id = tracing::field::Empty,
         );
         let _entered = span.enter();
-        match envelope.decode() {
-            Decoded::Known(event) => {
-                let (post_id, comment_id) = event.subject();
-                span.record("post_id", post_id);
-                if let Some(comment_id) = comment_id {
-                    span.record("comment_id", comment_id);
-                }
-                drop(_entered);
-                tracing::Instrument::instrument(
-                    self.handler.apply(conn, envelope, event),
-                    span.clone(),
-                )
-                .await
-                .map_err(|source| ConsumerError::Apply {
-                    envelope: Box::new(envelope.clone()),
-                    source,
-                })?;
-                span.in_scope(|| {
-                    tracing::info!(
-                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                        "event applied"
-                    );
-                });
-            }
-            Decoded::Unknown => tracing::debug!("event type not handled here; skipped"),
-            Decoded::Malformed(error) => {
-                // Blocking the whole stream on one bad event would stop the service; the
-                // event stays in the bus's log for inspection and replay.
-                tracing::warn!(%error, "event data does not match its type; skipped");
-            }
+        let Some(event) = handled(envelope) else {
+            return Ok(());
+        };
+        let (post_id, comment_id) = event.subject();
+        span.record("post_id", post_id);
+        if let Some(comment_id) = comment_id {
+            span.record("comment_id", comment_id);
         }
+        drop(_entered);
+        tracing::Instrument::instrument(self.handler.apply(conn, envelope, event), span.clone())
+            .await
+            .map_err(|source| ConsumerError::Apply {
+                envelope: Box::new(envelope.clone()),
+                source,
+            })?;
+        span.in_scope(|| {
+            tracing::info!(
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "event applied"
+            );
+        });
         Ok(())
     }
 
@@ -519,6 +600,24 @@ impl<H: Reactions> Consumer<H> {
             if newest.is_none_or(|newest| newest <= cursor) {
                 return Ok(outcome.cursor);
             }
+        }
+    }
+}
+
+/// The event an envelope carries, if it is one of the contract's types; an unknown or
+/// malformed one is passed over (and a malformed one said).
+fn handled(envelope: &Envelope) -> Option<Event> {
+    match envelope.decode() {
+        Decoded::Known(event) => Some(event),
+        Decoded::Unknown => {
+            tracing::debug!(seq = envelope.seq, r#type = %envelope.kind, "event type not handled here; skipped");
+            None
+        }
+        Decoded::Malformed(error) => {
+            // Blocking the whole stream on one bad event would stop the service; the
+            // event stays in the bus's log for inspection and replay.
+            tracing::warn!(seq = envelope.seq, event_id = %envelope.id, %error, "event data does not match its type; skipped");
+            None
         }
     }
 }
@@ -574,7 +673,7 @@ pub fn spawn_catch_up<H: Reactions>(
                 Ok(cursor) => {
                     tracing::info!(cursor, "caught up with the event bus; ready");
                     readiness.mark_ready();
-                    return;
+                    break;
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -585,8 +684,19 @@ pub fn spawn_catch_up<H: Reactions>(
                 }
             }
         }
+        // A safety net, not the delivery path: what a commit lost in a database crash
+        // would otherwise wait for the next delivery, and a bus rewound while no events
+        // flow would go unnoticed until one does.
+        while !signal.sleep(CATCH_UP_SWEEP).await {
+            if let Err(error) = consumer.catch_up().await {
+                tracing::debug!(error = %error_chain(&error), "catch-up sweep failed");
+            }
+        }
     })
 }
+
+/// How often a ready consumer checks the bus for anything it missed.
+const CATCH_UP_SWEEP: Duration = Duration::from_secs(5);
 
 /// `POST /events`, where the bus delivers batches to this consumer, together with who
 /// may deliver: the two cannot be registered apart.
