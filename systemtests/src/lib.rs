@@ -71,6 +71,15 @@ impl PrivatePostgres {
         self.server = Some(server);
     }
 
+    /// Stops the server as a crash would (`immediate`: no checkpoint, what the WAL writer
+    /// had not written yet is gone — asynchronous commits of the last moments included).
+    pub async fn crash(&mut self) {
+        if self.server.take().is_some() {
+            harness::postgres::stop(&self.dir.join("data"), StopMode::Immediate)
+                .expect("stop PostgreSQL");
+        }
+    }
+
     /// Stops the server cleanly (clients are disconnected).
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
