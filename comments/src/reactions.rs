@@ -15,6 +15,10 @@ pub const POSTS_LEARNED: &str = "comments_posts_learned";
 pub struct CommentsReactions;
 
 impl Reactions for CommentsReactions {
+    fn wants(&self) -> Option<&'static [&'static str]> {
+        Some(&["PostCreated", "CommentModerated"])
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

@@ -41,8 +41,8 @@ async fn create_comment(
     let post_id = PostId::parse(&path)?;
     let content = Content::parse(&body.content)?;
     wait_for_post(&state, &post_id).await?;
-    let id = store::create_comment(&state.pool, &post_id, content, &trace).await?;
-    state.outbox.wake();
+    let (id, row) = store::create_comment(&state.pool, &post_id, content, &trace).await?;
+    state.outbox.hand(row);
     tracing::info!(comment_id = %id, "comment created");
     let comments = store::comments_of(&state.pool, &post_id).await?;
     Ok(HttpResponse::Created().json(comments))

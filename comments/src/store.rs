@@ -2,7 +2,7 @@
 
 use contract::TraceParent;
 use contract::{CommentCreated, CommentStatus, Event, Publication};
-use service_kit::outbox;
+use service_kit::outbox::{self, OutboxRow};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -23,13 +23,14 @@ pub async fn remember_post(conn: &mut PgConnection, post_id: &str) -> Result<(),
     Ok(())
 }
 
-/// Creates the comment and its `CommentCreated` event in one transaction.
+/// Creates the comment and its `CommentCreated` event in one transaction; returns the
+/// comment's id and the committed outbox row, for the relay.
 pub async fn create_comment(
     pool: &PgPool,
     post_id: &PostId,
     content: Content,
     trace: &TraceParent,
-) -> Result<Uuid, sqlx::Error> {
+) -> Result<(Uuid, OutboxRow), sqlx::Error> {
     let id = Uuid::now_v7();
     let event = Event::CommentCreated(CommentCreated {
         id: id.to_string(),
@@ -37,20 +38,24 @@ pub async fn create_comment(
         content: content.as_str().to_owned(),
         status: CommentStatus::Pending,
     });
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO comments (id, post_id, content) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(post_id.as_str())
-        .bind(content.as_str())
-        .execute(&mut *tx)
-        .await?;
-    outbox::append(
-        &mut tx,
-        &Publication::new(&event, "comments", Some(trace.to_string())),
+    let row = outbox::prepare(&Publication::new(
+        &event,
+        "comments",
+        Some(trace.to_string()),
+    ))?;
+    // One statement, one implicit transaction: the comment and its event, or neither.
+    sqlx::query(
+        "WITH comment AS (INSERT INTO comments (id, post_id, content) VALUES ($1, $2, $3))
+         INSERT INTO outbox (event_id, publication) VALUES ($4, $5::json)",
     )
+    .bind(id)
+    .bind(post_id.as_str())
+    .bind(content.as_str())
+    .bind(row.event_id)
+    .bind(&row.publication)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
-    Ok(id)
+    Ok((id, row))
 }
 
 pub async fn comments_of(pool: &PgPool, post_id: &PostId) -> Result<Vec<Comment>, sqlx::Error> {

@@ -71,6 +71,7 @@ async fn new_comment(db: &TestDatabase, post: &PostId, content: &str) -> Uuid {
     )
     .await
     .unwrap()
+    .0
 }
 
 /// Outbox publications of one type, oldest first.
@@ -110,9 +111,15 @@ async fn a_comment_and_its_comment_created_event_are_written_in_one_transaction(
     let db = comments_db().await;
     let post = known_post(&db, "p1").await;
     let trace = TraceParent::new_root();
-    let id = store::create_comment(&db.pool, &post, Content::parse("  Nice  ").unwrap(), &trace)
-        .await
-        .unwrap();
+    let (id, row) =
+        store::create_comment(&db.pool, &post, Content::parse("  Nice  ").unwrap(), &trace)
+            .await
+            .unwrap();
+    assert_eq!(
+        testkit::outbox_publications(&db.pool).await[0]["id"],
+        row.event_id.to_string(),
+        "the row handed to the relay is the committed one"
+    );
     assert_eq!(id.get_version_num(), 7);
     assert_eq!(
         status_and_version(&db.pool, id).await,

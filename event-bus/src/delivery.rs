@@ -4,11 +4,13 @@
 //! capped exponential backoff and jitter, forever. Loops share nothing but the log, so a
 //! slow or dead subscriber never delays the others or the publishers.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use contract::{json_array, BATCH_BYTES};
 use service_kit::backoff::Backoff;
 use service_kit::config::Subscriber;
+use service_kit::consumer::{Covers, COVERS_HEADER};
 use service_kit::error::{error_chain, LOG_DIVERGED};
 use service_kit::shutdown::ShutdownSignal;
 use tokio::sync::watch;
@@ -48,6 +50,10 @@ pub fn spawn_all(
         .collect()
 }
 
+/// How long a range of events a subscriber does not take may wait for one it does,
+/// before it is delivered on its own (so that its cursor follows the log).
+const COVER_UNWANTED_WITHIN: Duration = Duration::from_millis(250);
+
 struct DeliveryFailure {
     message: String,
     /// The subscriber answered that this log diverged from the one it applied.
@@ -77,22 +83,35 @@ impl Delivery {
             }
         };
         tracing::info!(subscriber = name, cursor, "delivery loop started");
+        // What the subscriber said it takes (never narrowed: during a rollout, replicas
+        // of two versions may answer), and the events read after the cursor not yet
+        // acknowledged: up to `considered`, of which `pending` are the wanted ones.
+        let mut wants: Option<HashSet<String>> = None;
+        let mut considered = cursor;
+        let mut considered_id = None;
+        let mut pending: Vec<StoredEvent> = Vec::new();
+        let mut unwanted_since: Option<Instant> = None;
         while !signal.is_triggered() {
-            let batch = match self
-                .store
-                .page_after(cursor, self.settings.batch_size, BATCH_BYTES)
-                .await
-            {
-                Ok(batch) => batch,
-                Err(error) => {
-                    self.failed(&format!("reading the log: {error}")).await;
-                    signal.sleep(backoff.next_delay()).await;
-                    continue;
+            let room = self.settings.batch_size - (considered - cursor);
+            if pending.is_empty() && room > 0 {
+                match self.store.page_after(considered, room, BATCH_BYTES).await {
+                    Ok(page) => {
+                        for event in page {
+                            considered = event.seq;
+                            considered_id = Some(event.id);
+                            if wants.as_ref().is_none_or(|w| w.contains(&event.kind)) {
+                                pending.push(event);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        self.failed(&format!("reading the log: {error}")).await;
+                        signal.sleep(backoff.next_delay()).await;
+                        continue;
+                    }
                 }
-            };
-            let (Some(first), Some(last)) =
-                (batch.first().map(|e| e.seq), batch.last().map(|e| e.seq))
-            else {
+            }
+            let Some(through_id) = considered_id.filter(|_| considered > cursor) else {
                 // Caught up: sleep until a commit moves the head past our cursor.
                 tokio::select! {
                     _ = head.wait_for(|h| *h > cursor) => {}
@@ -100,16 +119,39 @@ impl Delivery {
                 }
                 continue;
             };
+            if pending.is_empty() && considered - cursor < self.settings.batch_size {
+                // Only events this subscriber does not take: no hurry. Their range goes
+                // with the next wanted event, or on its own after a while.
+                let since = *unwanted_since.get_or_insert_with(Instant::now);
+                let left = COVER_UNWANTED_WITHIN.saturating_sub(since.elapsed());
+                if !left.is_zero() {
+                    tokio::select! {
+                        _ = head.wait_for(|h| *h > considered) => {}
+                        _ = tokio::time::sleep(left) => {}
+                        _ = signal.triggered() => {}
+                    }
+                    continue;
+                }
+            }
+            let covers = wants.is_some().then_some(Covers {
+                from: cursor + 1,
+                through: considered,
+                through_id,
+            });
             let started = Instant::now();
             let sent = tokio::select! {
-                result = self.post(&batch) => result,
+                result = self.post(&pending, covers) => result,
                 // Abandoning the request is safe: the batch is redelivered after restart.
                 _ = signal.triggered() => return,
             };
             match sent {
-                Ok(()) => {
-                    cursor = last;
+                Ok(answered_wants) => {
+                    let first = cursor + 1;
+                    cursor = considered;
                     backoff.reset();
+                    if let Some(answered) = answered_wants {
+                        wants.get_or_insert_with(HashSet::new).extend(answered);
+                    }
                     if let Err(error) = self.store.acknowledge(name, cursor).await {
                         // Delivered, but not recorded: after a restart this batch is sent
                         // again, which consumers skip by seq.
@@ -118,16 +160,19 @@ impl Delivery {
                     tracing::info!(
                         subscriber = name,
                         first_seq = first,
-                        last_seq = last,
-                        count = batch.len(),
+                        last_seq = cursor,
+                        count = pending.len(),
                         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
                         "delivered"
                     );
+                    pending.clear();
+                    unwanted_since = None;
                 }
                 Err(failure) => {
                     let delay = backoff.next_delay();
                     self.failed(&failure.message).await;
                     let error = failure.message.as_str();
+                    let first = cursor + 1;
                     if failure.diverged {
                         self.diverged(first, error).await;
                     } else {
@@ -145,13 +190,22 @@ impl Delivery {
         }
     }
 
-    async fn post(&self, batch: &[StoredEvent]) -> Result<(), DeliveryFailure> {
+    /// Sends `batch` (all of `covers` that the subscriber takes, when it said which);
+    /// on success, the types the subscriber said it takes, if it did.
+    async fn post(
+        &self,
+        batch: &[StoredEvent],
+        covers: Option<Covers>,
+    ) -> Result<Option<Vec<String>>, DeliveryFailure> {
         let body = json_array(batch.iter().map(|e| e.envelope.as_str()));
         let mut request = self
             .http
             .post(&self.subscriber.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
+        if let Some(covers) = covers {
+            request = request.header(COVERS_HEADER, covers.header_value());
+        }
         if let Some(token) = &self.settings.token {
             request = request.bearer_auth(token);
         }
@@ -160,13 +214,13 @@ impl Delivery {
             diverged: false,
         })?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
         let text = response.text().await.unwrap_or_default();
-        let code = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
+        let answer = serde_json::from_str::<serde_json::Value>(&text).ok();
+        if status.is_success() {
+            // A subscriber that does not say (the course's services) gets everything.
+            return Ok(answer.and_then(|a| serde_json::from_value(a["wants"].clone()).ok()));
+        }
+        let code = answer.and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
         Err(DeliveryFailure {
             message: format!(
                 "{} answered {status}: {}",

@@ -17,6 +17,8 @@ pub struct Store {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {
     pub seq: i64,
+    pub id: Uuid,
+    pub kind: String,
     pub envelope: String,
 }
 
@@ -81,11 +83,19 @@ impl Store {
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         }
         if next > head {
+            // The rows, the new head and the announcement (delivered on commit to every
+            // replica's listener: the leader's delivery loops wake whichever replica took
+            // the publish), in one statement.
             sqlx::query(
-                "INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
-                 SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
-                 FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
-                   AS t(seq, id, type, source, occurred_at, envelope)",
+                "WITH appended AS (
+                     INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
+                     SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
+                     FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+                       AS t(seq, id, type, source, occurred_at, envelope)
+                 ), head AS (
+                     UPDATE log_head SET seq = $7
+                 )
+                 SELECT pg_notify($8, $7::text)",
             )
             .bind(&rows.seqs)
             .bind(&rows.ids)
@@ -93,19 +103,10 @@ impl Store {
             .bind(&rows.sources)
             .bind(&rows.occurred)
             .bind(&rows.envelopes)
+            .bind(next)
+            .bind(LOG_APPENDED)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE log_head SET seq = $1")
-                .bind(next)
-                .execute(&mut *tx)
-                .await?;
-            // Delivered on commit to every replica's listener: the leader's delivery
-            // loops wake whichever replica took the publish.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(LOG_APPENDED)
-                .bind(next.to_string())
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(accepted)
@@ -126,8 +127,8 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT seq, envelope::text AS envelope FROM (
-                 SELECT seq, envelope, bytes,
+            "SELECT seq, id, type AS kind, envelope::text AS envelope FROM (
+                 SELECT seq, id, type, envelope, bytes,
                         sum(bytes) OVER (ORDER BY seq) AS running
                  FROM events WHERE seq > $1 ORDER BY seq LIMIT $2
              ) page
@@ -155,10 +156,15 @@ impl Store {
     }
 
     /// Records that a subscriber acknowledged everything up to `cursor`. Never moves a
-    /// cursor backwards.
+    /// cursor backwards. Not waiting for the flush (it would queue before the next
+    /// append's commit): a cursor a crash loses only redelivers what the subscriber
+    /// skips as already applied.
     pub async fn acknowledge(&self, name: &str, cursor: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE subscriptions SET cursor = GREATEST(cursor, $2), last_success_at = now(), consecutive_failures = 0, diverged = NULL WHERE name = $1",
+            "WITH acknowledged AS (
+                 UPDATE subscriptions SET cursor = GREATEST(cursor, $2), last_success_at = now(), consecutive_failures = 0, diverged = NULL WHERE name = $1
+             )
+             SELECT set_config('synchronous_commit', 'off', true)",
         )
         .bind(name)
         .bind(cursor)

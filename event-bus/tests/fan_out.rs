@@ -253,3 +253,101 @@ async fn eight_concurrent_publishers_make_a_gap_free_log_that_every_subscriber_r
     }
     bus.stop().await;
 }
+
+/// A publication of another type than `numbered`'s.
+fn other(n: usize) -> contract::Publication {
+    serde_json::from_value(serde_json::json!({
+        "id": uuid::Uuid::now_v7(),
+        "type": "Other",
+        "data": { "n": n },
+        "source": "test",
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_says_what_it_takes_gets_only_that_and_every_seq_covered_once_in_order() {
+    let db = test_db().await;
+    let (picky, everything) = (RecordingSubscriber::start(), RecordingSubscriber::start());
+    picky.wanting(&["Numbered"]);
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![("picky", picky.url()), ("all", everything.url())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = bus.client();
+    // Mixed, then a tail of only the type it does not take: that tail must be covered too.
+    let mut published = 0;
+    for n in 0..300 {
+        let publication = if n % 3 == 0 { numbered(n) } else { other(n) };
+        client.publish(&[publication]).await.unwrap();
+        published += 1;
+    }
+    for n in 0..20 {
+        client.publish(&[other(1000 + n)]).await.unwrap();
+        published += 1;
+    }
+    eventually(WAIT, "the plain subscriber has everything", || async {
+        everything.count() >= published
+    })
+    .await;
+    assert_in_order_once(&everything.seqs(), published, "all");
+    // Each delivery stands for the seqs after the one before: those it holds, or with a
+    // range, all of that range. Together, every seq once, in order, to the head.
+    let covered = |batches: &[(Option<String>, Vec<i64>)]| -> Result<i64, String> {
+        let mut next = 1;
+        for (covers, seqs) in batches {
+            let (from, through) = match covers {
+                None => match (seqs.first(), seqs.last()) {
+                    (Some(first), Some(last)) => (*first, *last),
+                    _ => return Err("an empty delivery without a range".into()),
+                },
+                Some(covers) => {
+                    let (range, _) = covers.split_once(' ').ok_or(covers.clone())?;
+                    let (from, through) = range.split_once('-').ok_or(covers.clone())?;
+                    (from.parse().unwrap(), through.parse().unwrap())
+                }
+            };
+            if from != next || seqs.iter().any(|s| *s < from || *s > through) {
+                return Err(format!("{covers:?} {seqs:?} after {}", next - 1));
+            }
+            next = through + 1;
+        }
+        Ok(next - 1)
+    };
+    eventually(WAIT, "the picky subscriber covered to the head", || async {
+        covered(&picky.batches()) == Ok(published as i64)
+    })
+    .await;
+    let batches = picky.batches();
+    let first_filtered = batches.iter().position(|(c, _)| c.is_some()).unwrap();
+    // Once it said what it takes, only that; and every event of that type arrived.
+    let after_saying: Vec<i64> = batches[first_filtered..]
+        .iter()
+        .flat_map(|(_, seqs)| seqs.clone())
+        .collect();
+    let kinds: std::collections::HashMap<i64, String> = everything
+        .received()
+        .into_iter()
+        .map(|e| (e.seq, e.kind))
+        .collect();
+    assert!(after_saying.iter().all(|seq| kinds[seq] == "Numbered"));
+    let from = batches[first_filtered].0.as_deref().unwrap();
+    let from: i64 = from.split('-').next().unwrap().parse().unwrap();
+    let wanted: Vec<i64> = (from..=published as i64)
+        .filter(|seq| kinds[seq] == "Numbered")
+        .collect();
+    assert_eq!(after_saying, wanted);
+    // The others ride along with the next wanted one, and the unwanted tail goes in a
+    // range of its own or two: never a delivery per unwanted event.
+    assert!(
+        batches.len() - first_filtered <= wanted.len() + 3,
+        "{} deliveries for {} wanted events",
+        batches.len() - first_filtered,
+        wanted.len()
+    );
+    bus.stop().await;
+}

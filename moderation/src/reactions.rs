@@ -12,6 +12,10 @@ pub struct Moderator {
 }
 
 impl Reactions for Moderator {
+    fn wants(&self) -> Option<&'static [&'static str]> {
+        Some(&["CommentCreated"])
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

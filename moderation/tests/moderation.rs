@@ -238,7 +238,10 @@ async fn the_service_moderates_deliveries_with_the_configured_blocklist() {
             envelope(2, &comment_created("c2", "orange is fine here")),
         ])
         .await;
-    assert_eq!(outcome, json!({"applied": 2, "skipped": 0, "cursor": 2}));
+    assert_eq!(
+        outcome,
+        json!({"applied": 2, "skipped": 0, "cursor": 2, "wants": ["CommentCreated"]})
+    );
     assert_eq!(
         decisions(&db.pool).await,
         vec![

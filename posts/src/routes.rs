@@ -31,8 +31,8 @@ async fn create_post(
     JsonBody(body): JsonBody<NewPost>,
 ) -> Result<HttpResponse, ApiError> {
     let title = Title::parse(&body.title)?;
-    let post = store::create_post(&state.pool, title, &trace).await?;
-    state.outbox.wake();
+    let (post, row) = store::create_post(&state.pool, title, &trace).await?;
+    state.outbox.hand(row);
     tracing::Span::current().record("post_id", tracing::field::display(post.id));
     tracing::info!(post_id = %post.id, "post created");
     Ok(HttpResponse::Created().json(post))

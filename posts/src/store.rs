@@ -2,18 +2,19 @@
 
 use contract::TraceParent;
 use contract::{Event, PostCreated, Publication};
-use service_kit::outbox;
+use service_kit::outbox::{self, OutboxRow};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{Post, Title};
 
 /// Creates the post and its `PostCreated` event in one transaction: both or neither.
+/// Returns the committed outbox row too, for the relay.
 pub async fn create_post(
     pool: &PgPool,
     title: Title,
     trace: &TraceParent,
-) -> Result<Post, sqlx::Error> {
+) -> Result<(Post, OutboxRow), sqlx::Error> {
     let post = Post {
         id: Uuid::now_v7(),
         title: title.as_str().to_owned(),
@@ -22,8 +23,7 @@ pub async fn create_post(
         id: post.id.to_string(),
         title: post.title.clone(),
     });
-    let (event_id, publication) =
-        outbox::prepare(&Publication::new(&event, "posts", Some(trace.to_string())))?;
+    let row = outbox::prepare(&Publication::new(&event, "posts", Some(trace.to_string())))?;
     // One statement is one implicit transaction: the post and its event, or neither —
     // at a quarter of the round trips of BEGIN, two INSERTs and COMMIT.
     sqlx::query(
@@ -32,11 +32,11 @@ pub async fn create_post(
     )
     .bind(post.id)
     .bind(&post.title)
-    .bind(event_id)
-    .bind(publication)
+    .bind(row.event_id)
+    .bind(&row.publication)
     .execute(pool)
     .await?;
-    Ok(post)
+    Ok((post, row))
 }
 
 pub async fn all_posts(pool: &PgPool) -> Result<Vec<Post>, sqlx::Error> {

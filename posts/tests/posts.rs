@@ -25,10 +25,15 @@ async fn posts_db() -> TestDatabase {
 async fn a_post_and_its_post_created_event_are_written_in_one_transaction() {
     let db = posts_db().await;
     let trace = TraceParent::new_root();
-    let post = store::create_post(&db.pool, Title::parse("  Hello  ").unwrap(), &trace)
+    let (post, row) = store::create_post(&db.pool, Title::parse("  Hello  ").unwrap(), &trace)
         .await
         .unwrap();
     assert_eq!(post.title, "Hello");
+    assert_eq!(
+        testkit::outbox_publications(&db.pool).await[0]["id"],
+        row.event_id.to_string(),
+        "the row handed to the relay is the committed one"
+    );
 
     let stored: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, title FROM posts")
         .fetch_all(&db.pool)
@@ -64,7 +69,7 @@ async fn all_posts_lists_posts_in_creation_order() {
     let trace = TraceParent::new_root();
     let mut created = Vec::new();
     for title in ["zebra", "apple", "mango", "banana"] {
-        let post = store::create_post(&db.pool, Title::parse(title).unwrap(), &trace)
+        let (post, _) = store::create_post(&db.pool, Title::parse(title).unwrap(), &trace)
             .await
             .unwrap();
         created.push((post.id, post.title));

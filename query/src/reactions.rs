@@ -20,6 +20,10 @@ pub const RESYNC: &str = r#"{"type":"Resync"}"#;
 pub struct ViewReactions;
 
 impl Reactions for ViewReactions {
+    fn wants(&self) -> Option<&'static [&'static str]> {
+        Some(&["PostCreated", "CommentCreated", "CommentUpdated"])
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -35,6 +35,13 @@ pub trait Reactions: Send + Sync + 'static {
         envelope: &Envelope,
         event: Event,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// The event types `apply` acts on, told to the bus with every answer so that it
+    /// sends only these (each delivery still covers every seq, see `Covers`); None: all.
+    /// Only these reach `apply`, whether the bus filtered or not.
+    fn wants(&self) -> Option<&'static [&'static str]> {
+        None
+    }
 
     /// Applies a run of consecutive events at once (a catch-up page, a filled hole, a
     /// big delivery), to the same effect as `apply` on each in order: a service whose
@@ -152,16 +159,23 @@ impl<H: Reactions> Consumer<H> {
     /// Applies a delivered batch: events at or below the cursor are skipped, a hole
     /// before the first new event is filled from the bus, and the cursor moves to the
     /// last applied seq — all in one transaction.
-    pub async fn deliver(
+    pub async fn deliver(&self, batch: Vec<Envelope>) -> Result<DeliveryOutcome, ConsumerError> {
+        self.deliver_covering(batch, None).await
+    }
+
+    /// As `deliver`, for a delivery that stands for the whole range `covers`, holding
+    /// only the events of the types this service takes.
+    pub async fn deliver_covering(
         &self,
         mut batch: Vec<Envelope>,
+        covers: Option<Covers>,
     ) -> Result<DeliveryOutcome, ConsumerError> {
         batch.sort_by_key(|e| e.seq);
         batch.dedup_by_key(|e| e.seq);
         let _serial = self.apply_lock.lock().await;
         let mut together = true;
         let result = loop {
-            match self.apply_batch(&batch, together).await {
+            match self.apply_batch(&batch, covers, together).await {
                 Err(ConsumerError::Together { source, .. })
                     if DatabaseFailure::of(&source) != DatabaseFailure::Unavailable =>
                 {
@@ -185,7 +199,7 @@ impl<H: Reactions> Consumer<H> {
                         .cloned()
                         .collect();
                     if !before.is_empty() {
-                        self.apply_batch(&before, false).await?;
+                        self.apply_batch(&before, None, false).await?;
                     }
                     self.park(&envelope, &source).await?;
                 }
@@ -386,10 +400,11 @@ impl<H: Reactions> Consumer<H> {
     async fn apply_batch(
         &self,
         batch: &[Envelope],
+        covers: Option<Covers>,
         together: bool,
     ) -> Result<DeliveryOutcome, ConsumerError> {
         let mut tx = self.pool.begin().await?;
-        match self.apply_in(&mut tx, batch, together).await {
+        match self.apply_in(&mut tx, batch, covers, together).await {
             Ok(outcome) => {
                 tx.commit().await?;
                 Ok(outcome)
@@ -407,6 +422,7 @@ impl<H: Reactions> Consumer<H> {
         &self,
         tx: &mut PgConnection,
         batch: &[Envelope],
+        covers: Option<Covers>,
         together: bool,
     ) -> Result<DeliveryOutcome, ConsumerError> {
         // Committed without waiting for the WAL flush: a commit that a crash of the
@@ -423,67 +439,59 @@ impl<H: Reactions> Consumer<H> {
             return Err(ConsumerError::Diverged(divergence));
         }
         let start = position.seq;
-        let mut cursor = start;
-        let mut last_applied = None;
-        let mut outcome = DeliveryOutcome {
+        let mut filling = Filling {
+            cursor: start,
+            run: Vec::new(),
             applied: 0,
-            skipped: 0,
-            cursor,
         };
+        let mut skipped = 0;
+        let mut last_applied = None;
         // Whether the delivery showed which event the bus has at our cursor.
         let mut checked_start = start == 0;
-        // The events to apply next, consecutive from the last one applied.
-        let mut run: Vec<Envelope> = Vec::new();
+        if let Some(covers) = covers {
+            // The events the delivery stands for start at `from`: anything missing before
+            // that is a hole; inside it, absent seqs are types this service does not take.
+            self.fill_hole(&mut *tx, &mut filling, covers.from, together)
+                .await?;
+            if covers.through == start {
+                check_same(start, position.event_id, covers.through_id)?;
+                checked_start = true;
+            }
+        }
         for envelope in batch {
-            if envelope.seq <= cursor {
+            if envelope.seq <= filling.cursor {
                 if envelope.seq == start {
-                    check_same(start, position.event_id, envelope)?;
+                    check_same(start, position.event_id, envelope.id)?;
                     checked_start = true;
                 }
-                outcome.skipped += 1;
+                skipped += 1;
                 continue;
             }
-            while envelope.seq > cursor + 1 {
-                let wanted = (envelope.seq - 1 - cursor).min(PAGE);
-                let missing = self.bus.events_after(cursor, wanted as u32).await?;
-                tracing::info!(
-                    from_seq = cursor + 1,
-                    to_seq = envelope.seq - 1,
-                    fetched = missing.len(),
-                    "filling a hole before the delivered events"
-                );
-                if missing.is_empty() {
-                    return Err(ConsumerError::Hole {
-                        expected: cursor + 1,
-                        found: None,
-                    });
-                }
-                for earlier in missing.into_iter().take_while(|e| e.seq < envelope.seq) {
-                    if earlier.seq != cursor + 1 {
-                        return Err(ConsumerError::Hole {
-                            expected: cursor + 1,
-                            found: Some(earlier.seq),
-                        });
-                    }
-                    cursor = earlier.seq;
-                    run.push(earlier);
-                }
-                if run.len() >= PAGE as usize {
-                    outcome.applied += self.apply_run(&mut *tx, &run, together).await?;
-                    run.clear();
-                }
+            if covers.is_none() {
+                self.fill_hole(&mut *tx, &mut filling, envelope.seq, together)
+                    .await?;
             }
-            cursor = envelope.seq;
+            filling.cursor = envelope.seq;
             last_applied = Some(envelope.id);
-            run.push(envelope.clone());
+            filling.run.push(envelope.clone());
         }
-        outcome.applied += self.apply_run(&mut *tx, &run, together).await?;
-        if outcome.applied == 0 && !checked_start {
-            // Nothing new, only events below our cursor (or none): a redelivery, or a
-            // rewound log reusing seqs we passed. The bus's event at our cursor tells which.
+        filling.applied += self.apply_run(&mut *tx, &filling.run, together).await?;
+        let mut cursor = filling.cursor;
+        if let Some(covers) = covers.filter(|c| c.through > cursor) {
+            cursor = covers.through;
+            last_applied = Some(covers.through_id);
+        }
+        let first_shown = covers
+            .map(|c| c.from)
+            .or_else(|| batch.first().map(|e| e.seq));
+        if !checked_start && first_shown.is_none_or(|first| first <= start) {
+            // A delivery of what we had already, or of nothing: a redelivery, or a rewound
+            // log reusing seqs we passed. The bus's event at our cursor tells which.
             let at_cursor = self.bus.events_after(start - 1, 1).await?;
             match at_cursor.first() {
-                Some(found) if found.seq == start => check_same(start, position.event_id, found)?,
+                Some(found) if found.seq == start => {
+                    check_same(start, position.event_id, found.id)?
+                }
                 _ => {
                     return Err(ConsumerError::Diverged(format!(
                         "the bus's log ends before seq {start}, the last event this service applied: the bus's database was restored from an older backup or recreated"
@@ -498,8 +506,53 @@ impl<H: Reactions> Consumer<H> {
                 .execute(&mut *tx)
                 .await?;
         }
-        outcome.cursor = cursor;
-        Ok(outcome)
+        Ok(DeliveryOutcome {
+            applied: filling.applied,
+            skipped,
+            cursor,
+        })
+    }
+
+    /// Reads what the bus has between the cursor and `next` (exclusive) into the run,
+    /// applying it a page at a time; refuses to skip anything the bus cannot give.
+    async fn fill_hole(
+        &self,
+        tx: &mut PgConnection,
+        filling: &mut Filling,
+        next: i64,
+        together: bool,
+    ) -> Result<(), ConsumerError> {
+        while next > filling.cursor + 1 {
+            let wanted = (next - 1 - filling.cursor).min(PAGE);
+            let missing = self.bus.events_after(filling.cursor, wanted as u32).await?;
+            tracing::info!(
+                from_seq = filling.cursor + 1,
+                to_seq = next - 1,
+                fetched = missing.len(),
+                "filling a hole before the delivered events"
+            );
+            if missing.is_empty() {
+                return Err(ConsumerError::Hole {
+                    expected: filling.cursor + 1,
+                    found: None,
+                });
+            }
+            for earlier in missing.into_iter().take_while(|e| e.seq < next) {
+                if earlier.seq != filling.cursor + 1 {
+                    return Err(ConsumerError::Hole {
+                        expected: filling.cursor + 1,
+                        found: Some(earlier.seq),
+                    });
+                }
+                filling.cursor = earlier.seq;
+                filling.run.push(earlier);
+            }
+            if filling.run.len() >= PAGE as usize {
+                filling.applied += self.apply_run(&mut *tx, &filling.run, together).await?;
+                filling.run.clear();
+            }
+        }
+        Ok(())
     }
 
     /// Applies consecutive events in the caller's transaction: together when there are
@@ -522,7 +575,9 @@ impl<H: Reactions> Consumer<H> {
         let started = Instant::now();
         let known: Vec<(&Envelope, Event)> = run
             .iter()
-            .filter_map(|envelope| handled(envelope).map(|event| (envelope, event)))
+            .filter_map(|envelope| {
+                handled(envelope, self.handler.wants()).map(|event| (envelope, event))
+            })
             .collect();
         self.handler
             .apply_many(conn, known)
@@ -559,7 +614,7 @@ impl<H: Reactions> Consumer<H> {
             comment_id = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let Some(event) = handled(envelope) else {
+        let Some(event) = handled(envelope, self.handler.wants()) else {
             return Ok(());
         };
         let (post_id, comment_id) = event.subject();
@@ -604,10 +659,12 @@ impl<H: Reactions> Consumer<H> {
     }
 }
 
-/// The event an envelope carries, if it is one of the contract's types; an unknown or
-/// malformed one is passed over (and a malformed one said).
-fn handled(envelope: &Envelope) -> Option<Event> {
+/// The event an envelope carries, if it is one of the contract's types this service
+/// takes; an unknown or malformed one is passed over (and a malformed one said).
+fn handled(envelope: &Envelope, wants: Option<&[&str]>) -> Option<Event> {
     match envelope.decode() {
+        // What the bus would not have sent, had it known: the same whether it filtered.
+        Decoded::Known(event) if wants.is_some_and(|wants| !wants.contains(&event.kind())) => None,
         Decoded::Known(event) => Some(event),
         Decoded::Unknown => {
             tracing::debug!(seq = envelope.seq, r#type = %envelope.kind, "event type not handled here; skipped");
@@ -641,15 +698,52 @@ struct CursorPosition {
 fn check_same(
     seq: i64,
     applied: Option<uuid::Uuid>,
-    found: &Envelope,
+    found: uuid::Uuid,
 ) -> Result<(), ConsumerError> {
     match applied {
-        Some(applied) if applied != found.id => Err(ConsumerError::Diverged(format!(
-            "the bus's event at seq {seq} is {}, but this service applied {applied} there: the bus's log was rewound (restored from an older backup or recreated) and reuses seq numbers",
-            found.id
+        Some(applied) if applied != found => Err(ConsumerError::Diverged(format!(
+            "the bus's event at seq {seq} is {found}, but this service applied {applied} there: the bus's log was rewound (restored from an older backup or recreated) and reuses seq numbers"
         ))),
         _ => Ok(()),
     }
+}
+
+/// The events a delivery from the bus stands for (`Event-Bus-Covers: FROM-THROUGH ID`):
+/// every seq from `from` through `through` (the event `through_id`), of which the body
+/// holds the ones of the types this service said it takes (`Reactions::wants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Covers {
+    pub from: i64,
+    pub through: i64,
+    pub through_id: uuid::Uuid,
+}
+
+impl Covers {
+    /// The header's value, as the bus writes it.
+    pub fn header_value(&self) -> String {
+        format!("{}-{} {}", self.from, self.through, self.through_id)
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        let (range, id) = value.trim().split_once(' ')?;
+        let (from, through) = range.split_once('-')?;
+        let covers = Self {
+            from: from.parse().ok()?,
+            through: through.parse().ok()?,
+            through_id: id.trim().parse().ok()?,
+        };
+        (covers.from >= 1 && covers.through >= covers.from).then_some(covers)
+    }
+}
+
+/// The header a delivery names its range in.
+pub const COVERS_HEADER: &str = "event-bus-covers";
+
+/// Events read from the bus to fill a hole, not applied yet, and where they end.
+struct Filling {
+    cursor: i64,
+    run: Vec<Envelope>,
+    applied: usize,
 }
 
 /// Catches up with the bus (retrying while it is unreachable), then marks the service
@@ -804,9 +898,23 @@ async fn resync<H: Reactions>(
 
 async fn receive<H: Reactions>(
     _auth: Authorized,
+    req: HttpRequest,
     consumer: web::Data<Consumer<H>>,
     JsonBody(OneOrMany(batch)): JsonBody<OneOrMany<Envelope>>,
 ) -> Result<HttpResponse, ApiError> {
-    let outcome = consumer.deliver(batch).await?;
-    Ok(HttpResponse::Ok().json(outcome))
+    let covers = match req.headers().get(COVERS_HEADER) {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(Covers::parse).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{COVERS_HEADER} must read FROM-THROUGH EVENT-ID (e.g. `21-25 01a2…`)"
+            ))
+        })?),
+    };
+    let outcome = consumer.deliver_covering(batch, covers).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "applied": outcome.applied,
+        "skipped": outcome.skipped,
+        "cursor": outcome.cursor,
+        "wants": consumer.handler.wants(),
+    })))
 }

@@ -38,32 +38,76 @@ pub enum RelayError {
 
 /// Adds an event to the outbox inside the caller's transaction.
 pub async fn append(conn: &mut PgConnection, publication: &Publication) -> Result<(), sqlx::Error> {
-    let (id, json) = prepare(publication)?;
+    let row = prepare(publication)?;
     sqlx::query("INSERT INTO outbox (event_id, publication) VALUES ($1, $2::json)")
-        .bind(id)
-        .bind(json)
+        .bind(row.event_id)
+        .bind(&row.publication)
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// The `event_id` and `publication` columns of an outbox row, for a service that writes
-/// its change and its event in one statement (`WITH change AS (…) INSERT INTO outbox …`).
-pub fn prepare(publication: &Publication) -> Result<(uuid::Uuid, String), sqlx::Error> {
-    let id = publication.id.unwrap_or_else(uuid::Uuid::now_v7);
-    let json = serde_json::to_string(publication).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    Ok((id, json))
+/// An outbox row's `event_id` and `publication`, for a service that writes its change and
+/// its event in one statement (`WITH change AS (…) INSERT INTO outbox …`) and then hands
+/// the committed row to the relay (`OutboxWaker::hand`).
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub event_id: uuid::Uuid,
+    pub publication: String,
+}
+
+pub fn prepare(publication: &Publication) -> Result<OutboxRow, sqlx::Error> {
+    Ok(OutboxRow {
+        event_id: publication.id.unwrap_or_else(uuid::Uuid::now_v7),
+        publication: serde_json::to_string(publication)
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+    })
 }
 
 /// Wakes the relay after a commit that appended to the outbox; cheap, never blocks,
 /// and a wake-up while the relay is busy is remembered, never lost.
 #[derive(Debug, Clone, Default)]
-pub struct OutboxWaker(Arc<Notify>);
+pub struct OutboxWaker {
+    notify: Arc<Notify>,
+    handed: Arc<std::sync::Mutex<Vec<OutboxRow>>>,
+}
 
 impl OutboxWaker {
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.notify.notify_one();
     }
+
+    /// Wakes the relay with a row this process has just committed, so that it can
+    /// publish it at once instead of reading it back (the row stays the durable copy).
+    pub fn hand(&self, row: OutboxRow) {
+        if let Ok(mut handed) = self.handed.lock() {
+            if handed.len() < HANDED_LIMIT {
+                handed.push(row);
+            }
+        }
+        self.wake();
+    }
+
+    fn take_handed(&self) -> Vec<OutboxRow> {
+        self.handed
+            .lock()
+            .map(|mut handed| std::mem::take(&mut *handed))
+            .unwrap_or_default()
+    }
+}
+
+/// Rows kept for the relay's fast path; beyond, they wait in the table (read in order).
+const HANDED_LIMIT: usize = 1_000;
+
+/// What one turn of the relay published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The table held nothing to publish.
+    Nothing,
+    /// This many rows, the oldest in the table.
+    Rows(usize),
+    /// Rows handed over after their commit.
+    Handed,
 }
 
 pub struct OutboxRelay {
@@ -127,32 +171,48 @@ impl OutboxRelay {
             return;
         }
         let mut backoff = Backoff::default();
+        // Whether the table held nothing older than what is handed over: only then may
+        // handed rows go first (else they wait their turn in the table).
+        let mut caught_up = false;
         loop {
             if signal.is_triggered() {
                 self.flush_on_shutdown().await;
                 return;
             }
-            match self.publish_batch().await {
-                Ok(0) => {
+            let handed = self.waker.take_handed();
+            let published = if caught_up && !handed.is_empty() {
+                self.publish_handed(handed).await
+            } else {
+                self.publish_batch().await
+            };
+            match published {
+                Ok(Published::Rows(_)) => {
+                    caught_up = false;
+                    backoff.reset();
+                }
+                Ok(Published::Handed) => backoff.reset(),
+                Ok(Published::Nothing) => {
+                    caught_up = true;
                     tokio::select! {
-                        _ = self.waker.0.notified() => {}
+                        _ = self.waker.notify.notified() => {}
                         _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
                         _ = signal.triggered() => {}
                     }
                 }
-                Ok(_) => backoff.reset(),
                 Err(RelayError::Bus(BusError::Status { status, body }))
                     if (400..500).contains(&status) =>
                 {
                     // Not an outage: the bus says this service is misconfigured or sends
                     // what the contract forbids. Loud, counted, and retried at the capped
                     // backoff, so that fixing the cause (a token) heals it.
+                    caught_up = false;
                     let delay = backoff.next_delay();
                     self.refusals.record(&format!("{status}: {body}"));
                     tracing::error!(status, bus_answer = %body, retry_in_ms = delay.as_millis() as u64, "outbox relay: the event bus refuses this service's events (check EVENT_BUS_TOKEN and the event contract); nothing is published until it accepts them");
                     signal.sleep(delay).await;
                 }
                 Err(error) => {
+                    caught_up = false;
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "outbox relay: publish failed");
                     signal.sleep(delay).await;
@@ -161,10 +221,31 @@ impl OutboxRelay {
         }
     }
 
+    /// Publishes rows handed over right after their commit, without reading them back,
+    /// then deletes them. What does not fit one request stays for the table's turn.
+    async fn publish_handed(&self, mut handed: Vec<OutboxRow>) -> Result<Published, RelayError> {
+        cap_batch_bytes(&mut handed, |row| &row.publication);
+        let body = json_array(handed.iter().map(|row| row.publication.as_str()));
+        self.bus.publish_json_array(body).await?;
+        let ids: Vec<uuid::Uuid> = handed.iter().map(|row| row.event_id).collect();
+        let mut tx = self.database.pool.begin().await?;
+        // Not waiting for the flush: a lost delete publishes the row again, and the bus
+        // keeps one copy of an id.
+        sqlx::query(
+            "WITH published AS (DELETE FROM outbox WHERE event_id = ANY($1))
+             SELECT set_config('synchronous_commit', 'off', true)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Published::Handed)
+    }
+
     async fn flush_on_shutdown(&self) {
         loop {
             match self.publish_batch().await {
-                Ok(0) => return,
+                Ok(Published::Nothing) => return,
                 Ok(_) => continue,
                 Err(error) => {
                     tracing::warn!(error = %error_chain(&error), "outbox relay: stopping with events still in the outbox; they are published on the next start");
@@ -174,13 +255,16 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes the oldest rows and deletes exactly those; returns how many.
-    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+    /// Publishes the oldest rows and deletes exactly those.
+    pub async fn publish_batch(&self) -> Result<Published, RelayError> {
         let mut tx = self.database.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        // The delete need not wait for the flush either (see `publish_handed`).
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)",
+        )
+        .bind(RELAY_LOCK)
+        .execute(&mut *tx)
+        .await?;
         let mut rows: Vec<(i64, String)> = sqlx::query_as(
             "SELECT position, publication::text FROM outbox ORDER BY position LIMIT $1",
         )
@@ -189,7 +273,7 @@ impl OutboxRelay {
         .await?;
         if rows.is_empty() {
             tx.commit().await?;
-            return Ok(0);
+            return Ok(Published::Nothing);
         }
         cap_batch_bytes(&mut rows, |(_, publication)| publication);
         let body = json_array(rows.iter().map(|(_, p)| p.as_str()));
@@ -210,7 +294,7 @@ impl OutboxRelay {
                 "outbox relay: published"
             );
         }
-        Ok(rows.len())
+        Ok(Published::Rows(rows.len()))
     }
 
     /// Rows still waiting to be published.

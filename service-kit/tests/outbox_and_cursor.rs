@@ -436,3 +436,57 @@ async fn a_bus_restarted_on_its_own_log_is_trusted() {
         .is_none());
     bus.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_covering_a_range_moves_the_cursor_through_it_and_fills_only_a_hole_before_it() {
+    use service_kit::consumer::Covers;
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    bus.client()
+        .publish(&(0..30).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let log = bus.client().events_after(0, 30).await.unwrap();
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    // 1..=10 with only 3 and 7 in the body: the others are types it does not take.
+    let body = vec![log[2].clone(), log[6].clone()];
+    let covers = |from: i64, through: i64| Covers {
+        from,
+        through,
+        through_id: log[through as usize - 1].id,
+    };
+    let outcome = consumer
+        .deliver_covering(body, Some(covers(1, 10)))
+        .await
+        .unwrap();
+    assert_eq!((outcome.applied, outcome.cursor), (2, 10));
+    assert_eq!(applied_seqs(&consumer_db.pool).await, [3, 7]);
+    // A range that starts past the cursor: the hole (11..=19) is read from the bus and
+    // applied whole, the range itself only as delivered.
+    let outcome = consumer
+        .deliver_covering(vec![log[24].clone()], Some(covers(20, 30)))
+        .await
+        .unwrap();
+    assert_eq!(outcome.cursor, 30);
+    assert_eq!(
+        applied_seqs(&consumer_db.pool).await,
+        [3, 7, 11, 12, 13, 14, 15, 16, 17, 18, 19, 25]
+    );
+    // The same range again is a redelivery: checked against the bus, nothing applied.
+    let again = consumer
+        .deliver_covering(vec![log[24].clone()], Some(covers(20, 30)))
+        .await
+        .unwrap();
+    assert_eq!((again.applied, again.cursor), (0, 30));
+    // A range whose last event is not the one applied at our cursor: a rewound log.
+    let stray = Covers {
+        through_id: uuid::Uuid::now_v7(),
+        ..covers(21, 30)
+    };
+    assert!(matches!(
+        consumer.deliver_covering(Vec::new(), Some(stray)).await,
+        Err(service_kit::consumer::ConsumerError::Diverged(_))
+    ));
+    bus.stop().await;
+}

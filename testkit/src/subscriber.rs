@@ -21,6 +21,10 @@ struct State {
     received: Vec<Envelope>,
     deliveries: usize,
     authorization: Option<String>,
+    /// The types it says it takes, as a consumer does; none: all, as the course's do.
+    wants: Option<Vec<String>>,
+    /// Each successful delivery: its `Event-Bus-Covers` header, if it had one, and seqs.
+    batches: Vec<(Option<String>, Vec<i64>)>,
 }
 
 pub struct RecordingSubscriber {
@@ -109,6 +113,17 @@ impl RecordingSubscriber {
         self.state.lock().expect("state lock").deliveries
     }
 
+    /// Answers as a consumer that takes only `types`.
+    pub fn wanting(&self, types: &[&str]) {
+        self.state.lock().expect("state lock").wants =
+            Some(types.iter().map(|t| (*t).to_owned()).collect());
+    }
+
+    /// Each successful delivery's `Event-Bus-Covers` header and seqs, in order.
+    pub fn batches(&self) -> Vec<(Option<String>, Vec<i64>)> {
+        self.state.lock().expect("state lock").batches.clone()
+    }
+
     pub fn last_authorization(&self) -> Option<String> {
         self.state.lock().expect("state lock").authorization.clone()
     }
@@ -138,6 +153,16 @@ async fn receive(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let seqs = batch.iter().map(|e| e.seq).collect();
     state.received.extend(batch);
-    HttpResponse::Ok().json(serde_json::json!({ "status": "OK" }))
+    let covers = req
+        .headers()
+        .get("event-bus-covers")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.batches.push((covers, seqs));
+    match &state.wants {
+        Some(wants) => HttpResponse::Ok().json(serde_json::json!({ "wants": wants })),
+        None => HttpResponse::Ok().json(serde_json::json!({ "status": "OK" })),
+    }
 }
