@@ -110,7 +110,7 @@ pub struct DeliveryOutcome {
 pub const PARK_AFTER_ATTEMPTS: i32 = 5;
 
 /// Events read from the bus per request when catching up or filling a hole.
-const PAGE: i64 = 1000;
+const PAGE: i64 = 5000;
 /// Runs at least this long are applied together (`Reactions::apply_many`); shorter ones
 /// one by one, each with its own log line and live-stream change.
 const TOGETHER_FROM: usize = 16;
