@@ -782,8 +782,15 @@ pub fn spawn_catch_up<H: Reactions>(
         // would otherwise wait for the next delivery, and a bus rewound while no events
         // flow would go unnoticed until one does.
         while !signal.sleep(CATCH_UP_SWEEP).await {
-            if let Err(error) = consumer.catch_up().await {
-                tracing::debug!(error = %error_chain(&error), "catch-up sweep failed");
+            // Given up on shutdown: a sweep waiting on a bus that is restarting too must not
+            // hold up a graceful stop (its transaction rolls back).
+            tokio::select! {
+                swept = consumer.catch_up() => {
+                    if let Err(error) = swept {
+                        tracing::debug!(error = %error_chain(&error), "catch-up sweep failed");
+                    }
+                }
+                _ = signal.triggered() => return,
             }
         }
     })
