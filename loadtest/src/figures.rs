@@ -18,7 +18,7 @@ use crate::stack::{
 /// Sequential trials of post → visible and comment → approved.
 const TRIALS: usize = 200;
 /// How often a trial polls the view, as a client that wants to see its change at once.
-const POLL: Duration = Duration::from_millis(2);
+pub const POLL: Duration = Duration::from_millis(2);
 /// How often the drain polls the whole view.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 const DRAIN_POSTS: usize = 5_000;
@@ -114,7 +114,7 @@ async fn visibility(blog: &Microblog) -> Result<(), Error> {
 }
 
 /// Polls `url` every `every` until `shows` holds for its JSON (30 s at most).
-async fn poll_until(
+pub async fn poll_until(
     blog: &Microblog,
     url: &str,
     every: Duration,

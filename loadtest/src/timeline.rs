@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::figures::{poll_until, POLL};
 use crate::stack::{create_comment, create_post, Error, Microblog};
-
-const POLL: Duration = Duration::from_millis(2);
 
 pub async fn run() -> Result<(), Error> {
     let blog = Microblog::start().await?;
@@ -20,18 +19,18 @@ pub async fn run() -> Result<(), Error> {
     let view = format!("{}/posts", blog.urls["query"]);
     for n in 0..20 {
         let post = create_post(&blog.api, &posts, &format!("warm-up {n}")).await?;
-        until(&blog, &view, |v| v.get(&post).is_some()).await?;
+        poll_until(&blog, &view, POLL, |v| v.get(&post).is_some()).await?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = OffsetDateTime::now_utc();
     let clock = Instant::now();
     let post = create_post(&blog.api, &posts, "the post we follow").await?;
-    until(&blog, &view, |v| v.get(&post).is_some()).await?;
+    poll_until(&blog, &view, POLL, |v| v.get(&post).is_some()).await?;
     let visible = clock.elapsed();
     let commented = Instant::now();
     let comment = create_comment(&blog.api, &comments, &post, "the comment we follow").await?;
-    until(&blog, &view, |v| {
+    poll_until(&blog, &view, POLL, |v| {
         v[&post]["comments"]
             .as_array()
             .into_iter()
@@ -102,16 +101,4 @@ fn describe(entry: &Value) -> String {
         }
     }
     text
-}
-
-async fn until(blog: &Microblog, url: &str, shows: impl Fn(&Value) -> bool) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let body = blog.api.http().get(url).send().await?.bytes().await?;
-        if shows(&serde_json::from_slice(&body)?) {
-            return Ok(());
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    Err(format!("{url} never showed the change").into())
 }
