@@ -6,6 +6,7 @@ use contract::{OneOrMany, Publication, PublishAnswer};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use service_kit::bus::HEAD_HEADER;
 use service_kit::error::ApiError;
 use service_kit::http::{Authorized, JsonBody};
 use tokio::sync::watch;
@@ -85,8 +86,11 @@ async fn read_log(
             "`limit` must be between 1 and 100000".into(),
         ));
     }
+    // Read first: every event up to it is committed, so the stream below holds them all.
+    let head = state.store.head().await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
+        .insert_header((HEAD_HEADER, head.to_string()))
         .streaming(log_stream(state.store.clone(), after, query.limit)))
 }
 

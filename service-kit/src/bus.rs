@@ -26,6 +26,16 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// The header a read of the log names the head in: the newest seq committed when the
+/// read began, so a reader knows where "caught up" was then (a page may end short).
+pub const HEAD_HEADER: &str = "event-bus-head";
+
+/// A page of the log, and the head when it was read (absent from a bus that predates it).
+pub struct LogPage {
+    pub events: Vec<Envelope>,
+    pub head: Option<i64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct BusClient {
     http: reqwest::Client,
@@ -73,13 +83,25 @@ impl BusClient {
 
     /// Up to `limit` events with `seq > after`, in seq order.
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Envelope>, BusError> {
+        Ok(self.page_after(after, limit).await?.events)
+    }
+
+    /// The same, with the log's head as the bus saw it just before reading the page.
+    pub async fn page_after(&self, after: i64, limit: u32) -> Result<LogPage, BusError> {
         let response = self
             .authorized(self.http.get(&self.events_url))
             .query(&[("after", after.to_string()), ("limit", limit.to_string())])
             .send()
             .await?;
+        let head = response
+            .headers()
+            .get(HEAD_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse().ok());
         let bytes = checked(response).await?;
-        Ok(serde_json::from_slice(&bytes)?)
+        Ok(LogPage {
+            events: serde_json::from_slice(&bytes)?,
+            head,
+        })
     }
 }
 

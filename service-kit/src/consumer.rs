@@ -638,21 +638,31 @@ impl<H: Reactions> Consumer<H> {
         Ok(())
     }
 
-    /// Reads and applies everything the bus has after our cursor, a page at a time (the
-    /// bus may answer a page short, when its events are large), until the bus has nothing
-    /// newer. Each page starts at the cursor's own event, so a rewound log is caught here.
+    /// Reads and applies everything the bus had when catch-up began, a page at a time
+    /// (the bus may answer a page short, when its events are large). Each page starts at
+    /// the cursor's own event, so a rewound log is caught here.
+    ///
+    /// The goal is the head the first answer names, not "nothing newer": under steady
+    /// writes there is always something newer, and a replica starting beside a live one
+    /// would chase the deliveries for as long as the writes go on.
     pub async fn catch_up(&self) -> Result<i64, ConsumerError> {
+        let mut goal = None;
         loop {
             let cursor = self.cursor().await?;
-            let from = (cursor - 1).max(0);
-            let page = self.bus.events_after(from, PAGE as u32).await?;
-            if cursor == 0 && page.is_empty() {
+            if goal.is_some_and(|goal| cursor >= goal) {
                 return Ok(cursor);
             }
-            let newest = page.last().map(|e| e.seq);
+            let from = (cursor - 1).max(0);
+            let page = self.bus.page_after(from, PAGE as u32).await?;
+            goal = goal.or(page.head);
+            if cursor == 0 && page.events.is_empty() {
+                return Ok(cursor);
+            }
+            let newest = page.events.last().map(|e| e.seq);
             // An empty page past 0 is checked too: the log would end before our cursor.
-            let outcome = self.deliver(page).await?;
-            if newest.is_none_or(|newest| newest <= cursor) {
+            let outcome = self.deliver(page.events).await?;
+            let reached = goal.is_some_and(|goal| outcome.cursor >= goal);
+            if reached || newest.is_none_or(|newest| newest <= cursor) {
                 return Ok(outcome.cursor);
             }
         }

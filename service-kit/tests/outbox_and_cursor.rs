@@ -210,6 +210,67 @@ async fn a_delivery_that_skips_ahead_fills_the_hole_from_the_bus_and_applies_eve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catch_up_under_steady_publishing_ends_at_the_head_it_began_with() {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    let all: Vec<_> = (0..2000).map(post).collect();
+    bus.client().publish(&all).await.unwrap();
+    // Publishers that never pause: there is always something newer than the last page.
+    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let (client, publishing) = (bus.client(), publishing.clone());
+            tokio::spawn(async move {
+                let mut n = 10_000 * (p + 1);
+                while publishing.load(std::sync::atomic::Ordering::Relaxed) {
+                    client.publish(&[post(n)]).await.unwrap();
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    eventually(WAIT, "publishing under way", || async {
+        bus.client().events_after(2010, 1).await.unwrap().len() == 1
+    })
+    .await;
+    // A live replica on the same database applies each event as it comes, as the bus's
+    // deliveries would: the shared cursor is never far behind the head.
+    let live = {
+        let (live, client) = (
+            Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts),
+            bus.client(),
+        );
+        let publishing = publishing.clone();
+        tokio::spawn(async move {
+            while publishing.load(std::sync::atomic::Ordering::Relaxed) {
+                let cursor = live.cursor().await.unwrap();
+                let page = client.events_after(cursor, 100).await.unwrap();
+                live.deliver(page).await.unwrap();
+            }
+        })
+    };
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    let head_before = bus.client().page_after(0, 1).await.unwrap().head.unwrap();
+    let caught_up = tokio::time::timeout(WAIT, consumer.catch_up())
+        .await
+        .expect("catch-up chased the publishers instead of ending")
+        .unwrap();
+    publishing.store(false, std::sync::atomic::Ordering::Relaxed);
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    live.await.unwrap();
+    assert!(
+        caught_up >= head_before,
+        "caught up to {caught_up}, before the head {head_before} it began with"
+    );
+    let seqs = applied_seqs(&consumer_db.pool).await;
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hole_the_bus_cannot_fill_is_refused_and_the_cursor_stays() {
     let bus_db = test_db().await;
     let bus = start_bus(&bus_db, BusOptions::default()).await;
