@@ -645,26 +645,48 @@ impl<H: Reactions> Consumer<H> {
     /// The goal is the head the first answer names, not "nothing newer": under steady
     /// writes there is always something newer, and a replica starting beside a live one
     /// would chase the deliveries for as long as the writes go on.
+    ///
+    /// The next page is read while this one is applied; it starts at this page's last
+    /// event, which is the cursor once this page is in (a replica that moved the shared
+    /// cursor further meanwhile only makes part of it a redelivery).
     pub async fn catch_up(&self) -> Result<i64, ConsumerError> {
         let mut goal = None;
+        let mut cursor = self.cursor().await?;
+        let mut page = self
+            .bus
+            .page_after((cursor - 1).max(0), PAGE as u32)
+            .await?;
         loop {
-            let cursor = self.cursor().await?;
-            if goal.is_some_and(|goal| cursor >= goal) {
-                return Ok(cursor);
-            }
-            let from = (cursor - 1).max(0);
-            let page = self.bus.page_after(from, PAGE as u32).await?;
             goal = goal.or(page.head);
             if cursor == 0 && page.events.is_empty() {
                 return Ok(cursor);
             }
             let newest = page.events.last().map(|e| e.seq);
+            let more = newest.filter(|&newest| newest > cursor && goal.is_none_or(|g| newest < g));
             // An empty page past 0 is checked too: the log would end before our cursor.
-            let outcome = self.deliver(page.events).await?;
+            let (outcome, next) = match more {
+                Some(newest) => {
+                    let (outcome, next) = tokio::join!(
+                        self.deliver(page.events),
+                        self.bus.page_after(newest - 1, PAGE as u32)
+                    );
+                    (outcome?, Some(next?))
+                }
+                None => (self.deliver(page.events).await?, None),
+            };
             let reached = goal.is_some_and(|goal| outcome.cursor >= goal);
             if reached || newest.is_none_or(|newest| newest <= cursor) {
                 return Ok(outcome.cursor);
             }
+            cursor = outcome.cursor;
+            page = match next {
+                Some(next) => next,
+                None => {
+                    self.bus
+                        .page_after((cursor - 1).max(0), PAGE as u32)
+                        .await?
+                }
+            };
         }
     }
 }
