@@ -50,6 +50,15 @@ pub async fn run() -> Result<(), Error> {
     Ok(())
 }
 
+/// `loadtest visibility`: the floors and the two figures a user waits for, alone.
+pub async fn visibility_only() -> Result<(), Error> {
+    let blog = Microblog::start().await?;
+    floors(&blog).await?;
+    visibility(&blog).await?;
+    blog.world.finish().await;
+    Ok(())
+}
+
 /// `loadtest replay [EVENTS…]`: only the replays, of the logs named (5,000 and 50,000 if
 /// none are).
 pub async fn replays() -> Result<(), Error> {

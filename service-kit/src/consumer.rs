@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::{error_chain, ApiError, DatabaseFailure};
 use crate::http::{Authorized, BodyLimit, EventsAuth, JsonBody};
-use crate::outbox::OutboxWaker;
+use crate::outbox::{self, OutboxWaker};
 use crate::server::Readiness;
 use crate::shutdown::ShutdownSignal;
 use contract::{Decoded, Envelope, Event, OneOrMany, EVENTS_BODY_LIMIT};
@@ -121,6 +121,8 @@ pub struct Consumer<H> {
     handler: H,
     /// Run after each delivery that applied something commits, in this process.
     after_commit: Vec<Box<dyn Fn() + Send + Sync>>,
+    /// The relay the reactions' outbox rows are handed to once they commit.
+    relay: Option<OutboxWaker>,
     // Deliveries and catch-up serialise here first, so two of them never both fetch
     // the same missing range; the row lock on the cursor guards across replicas.
     apply_lock: Mutex<()>,
@@ -133,13 +135,16 @@ impl<H: Reactions> Consumer<H> {
             bus,
             handler,
             after_commit: Vec::new(),
+            relay: None,
             apply_lock: Mutex::new(()),
         }
     }
 
-    /// For a handler that appends to the outbox: wake the relay after each commit.
-    pub fn waking(self, waker: OutboxWaker) -> Self {
-        self.after_commit(move || waker.wake())
+    /// For a handler that appends to the outbox: the rows each delivery appended are
+    /// handed to the relay once it commits, to be published without being read back.
+    pub fn waking(mut self, waker: OutboxWaker) -> Self {
+        self.relay = Some(waker);
+        self
     }
 
     /// Runs `then` in this process after each delivery that applied something commits:
@@ -404,9 +409,16 @@ impl<H: Reactions> Consumer<H> {
         together: bool,
     ) -> Result<DeliveryOutcome, ConsumerError> {
         let mut tx = self.pool.begin().await?;
-        match self.apply_in(&mut tx, batch, covers, together).await {
+        let (applied, appended) =
+            outbox::collecting(self.apply_in(&mut tx, batch, covers, together)).await;
+        match applied {
             Ok(outcome) => {
                 tx.commit().await?;
+                if let Some(relay) = &self.relay {
+                    for row in appended {
+                        relay.hand(row);
+                    }
+                }
                 Ok(outcome)
             }
             Err(error) => {

@@ -36,7 +36,8 @@ pub enum RelayError {
     Serialise(#[from] serde_json::Error),
 }
 
-/// Adds an event to the outbox inside the caller's transaction.
+/// Adds an event to the outbox inside the caller's transaction. Inside `collecting`, the
+/// row is also kept for the relay, to be handed over once that transaction commits.
 pub async fn append(conn: &mut PgConnection, publication: &Publication) -> Result<(), sqlx::Error> {
     let row = prepare(publication)?;
     sqlx::query("INSERT INTO outbox (event_id, publication) VALUES ($1, $2::json)")
@@ -44,7 +45,24 @@ pub async fn append(conn: &mut PgConnection, publication: &Publication) -> Resul
         .bind(&row.publication)
         .execute(conn)
         .await?;
+    let _outside = APPENDED.try_with(|appended| appended.borrow_mut().push(row));
     Ok(())
+}
+
+tokio::task_local! {
+    static APPENDED: std::cell::RefCell<Vec<OutboxRow>>;
+}
+
+/// Runs `work` (one transaction's worth: a consumer's reactions) and returns, with its
+/// output, the rows it appended with `append`: the caller hands them to the relay if the
+/// transaction commits, and drops them if it does not.
+pub async fn collecting<F: std::future::Future>(work: F) -> (F::Output, Vec<OutboxRow>) {
+    APPENDED
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let output = work.await;
+            (output, APPENDED.with(|appended| appended.take()))
+        })
+        .await
 }
 
 /// An outbox row's `event_id` and `publication`, for a service that writes its change and

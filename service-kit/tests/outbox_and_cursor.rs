@@ -551,3 +551,81 @@ async fn a_delivery_covering_a_range_moves_the_cursor_through_it_and_fills_only_
     ));
     bus.stop().await;
 }
+
+/// Publishes an echo of each post it applies, as moderation publishes a decision for
+/// each comment; on a post titled "poison" it fails after appending the echo.
+struct EchoPosts;
+
+impl Reactions for EchoPosts {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), sqlx::Error> {
+        if let Event::PostCreated(post) = event {
+            let echo = Event::PostCreated(PostCreated {
+                id: format!("echo-{}", post.id),
+                title: post.title.clone(),
+            });
+            outbox::append(&mut *conn, &Publication::caused_by(&echo, "echo", envelope)).await?;
+            if post.title == "poison" {
+                sqlx::query("SELECT 1 / 0").execute(&mut *conn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_reactions_append_is_handed_to_the_relay_only_when_their_transaction_commits() {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    let relay = OutboxRelay::new(Database::migrated(consumer_db.pool.clone()), bus.client());
+    let consumer =
+        Consumer::new(consumer_db.pool.clone(), bus.client(), EchoPosts).waking(relay.waker());
+    let shutdown = Shutdown::new();
+    let relay_task = relay.spawn(shutdown.signal());
+    let titled = |n: usize, title: &str| {
+        Publication::new(
+            &Event::PostCreated(PostCreated {
+                id: format!("p{n}"),
+                title: title.into(),
+            }),
+            "test",
+            None,
+        )
+    };
+    bus.client()
+        .publish(&[titled(0, "fine"), titled(1, "poison"), titled(2, "fine")])
+        .await
+        .unwrap();
+    let batch = bus.client().events_after(0, 3).await.unwrap();
+    // Refused until the poison is parked; each refusal rolled back the echoes appended.
+    let mut attempts = 0;
+    while consumer.deliver(batch.clone()).await.is_err() {
+        attempts += 1;
+        assert!(attempts < 20, "the poison event was never parked");
+    }
+    assert_eq!(consumer.cursor().await.unwrap(), 3);
+    eventually(WAIT, "the echoes published", || async {
+        bus.client().events_after(3, 10).await.unwrap().len() >= 2
+            && OutboxRelay::pending(&consumer_db.pool).await.unwrap() == 0
+    })
+    .await;
+    let echoes: Vec<String> = whole_log(&bus)
+        .await
+        .iter()
+        .filter(|e| e["source"] == "echo")
+        .map(|e| e["data"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        echoes,
+        ["echo-p0", "echo-p2"],
+        "an echo of a rolled-back attempt was published, or one twice"
+    );
+    shutdown.trigger();
+    relay_task.await.unwrap();
+    bus.stop().await;
+}
