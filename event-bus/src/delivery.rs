@@ -93,7 +93,10 @@ impl Delivery {
         let mut unwanted_since: Option<Instant> = None;
         while !signal.is_triggered() {
             let room = self.settings.batch_size - (considered - cursor);
-            if pending.is_empty() && room > 0 {
+            // Nothing committed past what was read: no need to ask the database. (The head
+            // may lag a commit by its announcement; the announcement then wakes us.)
+            let newer = *head.borrow() > considered;
+            if pending.is_empty() && room > 0 && newer {
                 match self.store.page_after(considered, room, BATCH_BYTES).await {
                     Ok(page) => {
                         for event in page {

@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod leader;
 pub mod routes;
 pub mod store;
+mod tail;
 pub mod writer;
 
 use actix_web::web;

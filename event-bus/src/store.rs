@@ -8,9 +8,13 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::tail::Tail;
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// What this replica appended last, for readers near the head.
+    tail: Tail,
 }
 
 /// One stored event, as the JSON text that is delivered and replayed.
@@ -24,7 +28,10 @@ pub struct StoredEvent {
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            tail: Tail::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -109,6 +116,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.tail.extend(rows.into_stored());
         Ok(accepted)
     }
 
@@ -126,6 +134,9 @@ impl Store {
         limit: i64,
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        if let Some(page) = self.tail.after(after, limit, max_bytes) {
+            return Ok(page);
+        }
         sqlx::query_as(
             "SELECT seq, id, type AS kind, envelope::text AS envelope FROM (
                  SELECT seq, id, type, envelope, bytes,
@@ -272,6 +283,22 @@ impl NewRows {
             occurred: Vec::with_capacity(n),
             envelopes: Vec::with_capacity(n),
         }
+    }
+
+    fn into_stored(self) -> Vec<StoredEvent> {
+        (self
+            .seqs
+            .into_iter()
+            .zip(self.ids)
+            .zip(self.kinds)
+            .zip(self.envelopes))
+        .map(|(((seq, id), kind), envelope)| StoredEvent {
+            seq,
+            id,
+            kind,
+            envelope,
+        })
+        .collect()
     }
 
     fn push(&mut self, envelope: Envelope) -> Result<(), serde_json::Error> {
