@@ -38,72 +38,103 @@ impl Store {
         &self.pool
     }
 
-    /// Appends publications in order, in one transaction. An id already in the log (or
-    /// earlier in the same call) is not appended again: it answers with its original seq.
-    pub async fn append(&self, publications: &[Publication]) -> Result<Vec<Accepted>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // The single-writer lock: held until commit, so seqs commit in order, gap-free.
-        let head: i64 = sqlx::query_scalar("SELECT seq FROM log_head FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
+    /// Appends publications in order, atomically. An id already in the log (or earlier in
+    /// the same call) is not appended again: it answers with its original seq.
+    ///
+    /// `head_hint` is the head as this replica knows it. When it is right (no other
+    /// replica appended since) and every id is new, the append is one statement that
+    /// commits on its own: no transaction to open, no lock to take first, no lookup.
+    /// Otherwise it takes the head's lock and looks the ids up.
+    pub async fn append(
+        &self,
+        publications: &[Publication],
+        head_hint: i64,
+    ) -> Result<Vec<Accepted>, sqlx::Error> {
         let ids: Vec<Uuid> = publications
             .iter()
             .map(|p| p.id.unwrap_or_else(Uuid::now_v7))
             .collect();
-        let mut known: HashMap<Uuid, i64> =
+        let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() == ids.len();
+        if distinct {
+            if let Some(accepted) = self.append_after(publications, &ids, head_hint).await? {
+                return Ok(accepted);
+            }
+        }
+        self.append_locked(publications, ids).await
+    }
+
+    /// The one-statement append, if the head is still `head` and no id is in the log.
+    async fn append_after(
+        &self,
+        publications: &[Publication],
+        ids: &[Uuid],
+        head: i64,
+    ) -> Result<Option<Vec<Accepted>>, sqlx::Error> {
+        let (rows, accepted, next) = numbered(publications, ids.to_vec(), head, HashMap::new())?;
+        // The update waits for a concurrent append and then finds the head moved; the ids
+        // are looked up in a snapshot that holds every event up to `head`, since this
+        // replica saw `head` committed before the statement began.
+        let appended: i64 = sqlx::query_scalar(&format!(
+            "WITH head AS (
+                 UPDATE log_head SET seq = $7
+                 WHERE seq = $9 AND NOT EXISTS (SELECT 1 FROM events WHERE id = ANY($2))
+                 RETURNING seq
+             ), appended AS (
+                 {INSERT_ROWS} WHERE EXISTS (SELECT 1 FROM head)
+             ), announced AS (
+                 SELECT pg_notify($8, $7::text) FROM head
+             )
+             SELECT count(*) FROM announced"
+        ))
+        .bind(&rows.seqs)
+        .bind(&rows.ids)
+        .bind(&rows.kinds)
+        .bind(&rows.sources)
+        .bind(&rows.occurred)
+        .bind(&rows.envelopes)
+        .bind(next)
+        .bind(LOG_APPENDED)
+        .bind(head)
+        .fetch_one(&self.pool)
+        .await?;
+        if appended == 0 {
+            return Ok(None);
+        }
+        self.tail.extend(rows.into_stored());
+        Ok(Some(accepted))
+    }
+
+    /// The append under the head's lock, held until commit, so seqs commit in order,
+    /// gap-free.
+    async fn append_locked(
+        &self,
+        publications: &[Publication],
+        ids: Vec<Uuid>,
+    ) -> Result<Vec<Accepted>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let head: i64 = sqlx::query_scalar("SELECT seq FROM log_head FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let known: HashMap<Uuid, i64> =
             sqlx::query_as::<_, (Uuid, i64)>("SELECT id, seq FROM events WHERE id = ANY($1)")
                 .bind(&ids)
                 .fetch_all(&mut *tx)
                 .await?
                 .into_iter()
                 .collect();
-        let now = OffsetDateTime::now_utc();
-        let mut rows = NewRows::with_capacity(publications.len());
-        let mut accepted = Vec::with_capacity(publications.len());
-        let mut next = head;
-        for (publication, id) in publications.iter().zip(ids) {
-            if let Some(&seq) = known.get(&id) {
-                accepted.push(Accepted {
-                    id,
-                    seq,
-                    duplicate: true,
-                });
-                continue;
-            }
-            next += 1;
-            known.insert(id, next);
-            accepted.push(Accepted {
-                id,
-                seq: next,
-                duplicate: false,
-            });
-            let envelope = Envelope {
-                id,
-                seq: next,
-                kind: publication.kind.clone(),
-                data: publication.data.clone(),
-                source: publication.source.clone(),
-                occurred_at: publication.occurred_at.unwrap_or(now),
-                traceparent: publication.traceparent.clone(),
-            };
-            rows.push(envelope)
-                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        }
+        let (rows, accepted, next) = numbered(publications, ids, head, known)?;
         if next > head {
             // The rows, the new head and the announcement (delivered on commit to every
             // replica's listener: the leader's delivery loops wake whichever replica took
             // the publish), in one statement.
-            sqlx::query(
+            sqlx::query(&format!(
                 "WITH appended AS (
-                     INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
-                     SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
-                     FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
-                       AS t(seq, id, type, source, occurred_at, envelope)
+                     {INSERT_ROWS}
                  ), head AS (
                      UPDATE log_head SET seq = $7
                  )
-                 SELECT pg_notify($8, $7::text)",
-            )
+                 SELECT pg_notify($8, $7::text)"
+            ))
             .bind(&rows.seqs)
             .bind(&rows.ids)
             .bind(&rows.kinds)
@@ -264,6 +295,56 @@ pub struct Leader {
 
 /// Column-wise rows for one `INSERT … SELECT FROM UNNEST`: one statement per append,
 /// however many events it carries.
+/// The rows of an append, from the parameters `$1`–`$6`.
+const INSERT_ROWS: &str = "INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
+     SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
+     FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+       AS t(seq, id, type, source, occurred_at, envelope)";
+
+/// Numbers the publications after `head`, skipping the ids `known` (with their seq)
+/// and any id seen earlier in the call: the rows to insert, every publication's answer,
+/// and the new head.
+fn numbered(
+    publications: &[Publication],
+    ids: Vec<Uuid>,
+    head: i64,
+    mut known: HashMap<Uuid, i64>,
+) -> Result<(NewRows, Vec<Accepted>, i64), sqlx::Error> {
+    let now = OffsetDateTime::now_utc();
+    let mut rows = NewRows::with_capacity(publications.len());
+    let mut accepted = Vec::with_capacity(publications.len());
+    let mut next = head;
+    for (publication, id) in publications.iter().zip(ids) {
+        if let Some(&seq) = known.get(&id) {
+            accepted.push(Accepted {
+                id,
+                seq,
+                duplicate: true,
+            });
+            continue;
+        }
+        next += 1;
+        known.insert(id, next);
+        accepted.push(Accepted {
+            id,
+            seq: next,
+            duplicate: false,
+        });
+        let envelope = Envelope {
+            id,
+            seq: next,
+            kind: publication.kind.clone(),
+            data: publication.data.clone(),
+            source: publication.source.clone(),
+            occurred_at: publication.occurred_at.unwrap_or(now),
+            traceparent: publication.traceparent.clone(),
+        };
+        rows.push(envelope)
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    }
+    Ok((rows, accepted, next))
+}
+
 struct NewRows {
     seqs: Vec<i64>,
     ids: Vec<Uuid>,

@@ -114,7 +114,8 @@ async fn commit_group(
         replies.push(job.reply);
         publications.extend(job.publications);
     }
-    match store.append(&publications).await {
+    let known_head = *head.borrow();
+    match store.append(&publications, known_head).await {
         Ok(accepted) => {
             announce(head, &accepted);
             let mut rest = accepted.into_iter();
@@ -131,7 +132,8 @@ async fn commit_group(
             let mut rest = publications.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
                 let own: Vec<Publication> = rest.by_ref().take(size).collect();
-                let result = store.append(&own).await;
+                let known_head = *head.borrow();
+                let result = store.append(&own, known_head).await;
                 if let Ok(accepted) = &result {
                     announce(head, accepted);
                 }

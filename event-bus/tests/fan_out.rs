@@ -254,6 +254,60 @@ async fn eight_concurrent_publishers_make_a_gap_free_log_that_every_subscriber_r
     bus.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_publishing_side_by_side_make_one_gap_free_log_and_keep_one_copy_of_an_id() {
+    let db = test_db().await;
+    let subscriber = Arc::new(RecordingSubscriber::start());
+    let options = || BusOptions {
+        subscribers: vec![("one", subscriber.url())],
+        ..Default::default()
+    };
+    let buses = [
+        start_bus(&db, options()).await,
+        start_bus(&db, options()).await,
+    ];
+    let mut publishers = Vec::new();
+    for p in 0..8 {
+        // Each publisher sends to one replica and republishes what it sent to the other,
+        // as a relay whose answer was lost does after the Service moved it.
+        let (here, there) = (buses[p % 2].client(), buses[(p + 1) % 2].client());
+        publishers.push(tokio::spawn(async move {
+            for chunk in 0..50 {
+                let events: Vec<_> = (0..5).map(|i| numbered(p * 1000 + chunk * 5 + i)).collect();
+                let first = here.publish(&events).await.expect("publish");
+                let again = there.publish(&events).await.expect("republish");
+                let seqs = |answer: &[contract::Accepted]| {
+                    answer.iter().map(|a| a.seq).collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    seqs(&again),
+                    seqs(&first),
+                    "a republished id got another seq"
+                );
+                assert!(again.iter().all(|a| a.duplicate));
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let log = whole_log(&buses[0]).await;
+    let seqs: Vec<i64> = log.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=2000).collect::<Vec<i64>>(),
+        "a hole, a reorder or a copy"
+    );
+    eventually(WAIT, "the subscriber has every event", || async {
+        subscriber.count() >= 2000
+    })
+    .await;
+    assert_in_order_once(&subscriber.seqs(), 2000, "the subscriber");
+    let [first, second] = buses;
+    first.stop().await;
+    second.stop().await;
+}
+
 /// A publication of another type than `numbered`'s.
 fn other(n: usize) -> contract::Publication {
     serde_json::from_value(serde_json::json!({
