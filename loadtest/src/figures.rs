@@ -59,6 +59,15 @@ pub async fn visibility_only() -> Result<(), Error> {
     Ok(())
 }
 
+/// `loadtest write`: the floors and the write figure alone, on a fresh system.
+pub async fn write_only() -> Result<(), Error> {
+    let blog = Microblog::start().await?;
+    floors(&blog).await?;
+    write(&blog).await?;
+    blog.world.finish().await;
+    Ok(())
+}
+
 /// `loadtest replay [EVENTS…]`: only the replays, of the logs named (5,000 and 50,000 if
 /// none are).
 pub async fn replays() -> Result<(), Error> {

@@ -1,6 +1,6 @@
 //! Load measurements, rerunnable: `cargo build --release --workspace` then
 //! `target/release/loadtest figures` (what a user waits for, as the course's app was
-//! measured, with the machine's floors), `… visibility` (its first two figures only), `… replay [EVENTS…]`, `… flow`, `… bus`, `… rebuild` or `… backlog`. Each run starts its own PostgreSQL (durable settings)
+//! measured, with the machine's floors), `… visibility` (its first two figures only), `… write`, `… replay [EVENTS…]`, `… flow`, `… bus`, `… rebuild` or `… backlog`. Each run starts its own PostgreSQL (durable settings)
 //! and real service processes, reports figures, and removes everything it started.
 
 mod backlog;
@@ -21,11 +21,12 @@ async fn main() -> std::process::ExitCode {
         "timeline" => timeline::run().await,
         "replay" => figures::replays().await,
         "visibility" => figures::visibility_only().await,
+        "write" => figures::write_only().await,
         "rebuild" => rebuild::run().await,
         "backlog" => backlog::run().await,
         _ => {
             eprintln!(
-                "usage: loadtest figures|visibility|timeline|replay|flow|bus|rebuild|backlog"
+                "usage: loadtest figures|visibility|write|timeline|replay|flow|bus|rebuild|backlog"
             );
             return std::process::ExitCode::from(2);
         }
