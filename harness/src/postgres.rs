@@ -163,7 +163,22 @@ pub fn stop(data: &Path, mode: StopMode) -> io::Result<()> {
     run(pg_command("pg_ctl")?.args(["-D", &path_str(data), "-m", mode, "-w", "stop"]))
 }
 
+/// A port nothing listens on now, for a process about to bind it. Chosen at random below
+/// the kernel's ephemeral range (32768 and up on Linux), never by binding port 0: a port
+/// from that range can be taken as the local end of any outgoing connection — a test's
+/// client, a pool's connection to PostgreSQL — in the moment before the process binds it.
 pub fn free_port() -> io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    const FIRST: u16 = 15_000;
+    const LAST: u16 = 32_000;
+    for _ in 0..200 {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u32(std::process::id());
+        let port = FIRST + (random.finish() % u64::from(LAST - FIRST)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
