@@ -40,21 +40,18 @@ async fn create_comment(
 ) -> Result<HttpResponse, ApiError> {
     let post_id = PostId::parse(&path)?;
     let content = Content::parse(&body.content)?;
-    wait_for_post(&state, &post_id).await?;
-    let (id, row) = store::create_comment(&state.pool, &post_id, content, &trace).await?;
-    state.outbox.hand(row);
-    tracing::info!(comment_id = %id, "comment created");
-    let comments = store::comments_of(&state.pool, &post_id).await?;
-    Ok(HttpResponse::Created().json(comments))
-}
-
-async fn wait_for_post(state: &CommentsState, post_id: &PostId) -> Result<(), ApiError> {
+    // A post created a moment ago may not have reached this service yet: wait for the
+    // posts it learns (up to NEW_POST_GRACE) before answering 404.
     let mut learned = state.posts_learned.clone();
     let deadline = tokio::time::Instant::now() + NEW_POST_GRACE;
     loop {
         learned.borrow_and_update();
-        if store::post_is_known(&state.pool, post_id).await? {
-            return Ok(());
+        if let Some(created) =
+            store::create_comment(&state.pool, &post_id, &content, &trace).await?
+        {
+            state.outbox.hand(created.row);
+            tracing::info!(comment_id = %created.id, "comment created");
+            return Ok(HttpResponse::Created().json(created.comments));
         }
         let changed = tokio::time::timeout_at(deadline, learned.changed()).await;
         if !matches!(changed, Ok(Ok(()))) {

@@ -23,14 +23,23 @@ pub async fn remember_post(conn: &mut PgConnection, post_id: &str) -> Result<(),
     Ok(())
 }
 
-/// Creates the comment and its `CommentCreated` event in one transaction; returns the
-/// comment's id and the committed outbox row, for the relay.
+/// A comment just created, with its committed outbox row (for the relay) and the post's
+/// comments as they stand after it (the create response).
+pub struct Created {
+    pub id: Uuid,
+    pub row: OutboxRow,
+    pub comments: Vec<Comment>,
+}
+
+/// Creates the comment and its `CommentCreated` event, if this service knows the post:
+/// one statement, one implicit transaction — the comment and its event, or neither —
+/// which also answers the post's comments. `None` when the post is not known (yet).
 pub async fn create_comment(
     pool: &PgPool,
     post_id: &PostId,
-    content: Content,
+    content: &Content,
     trace: &TraceParent,
-) -> Result<(Uuid, OutboxRow), sqlx::Error> {
+) -> Result<Option<Created>, sqlx::Error> {
     let id = Uuid::now_v7();
     let event = Event::CommentCreated(CommentCreated {
         id: id.to_string(),
@@ -43,19 +52,33 @@ pub async fn create_comment(
         "comments",
         Some(trace.to_string()),
     ))?;
-    // One statement, one implicit transaction: the comment and its event, or neither.
-    sqlx::query(
-        "WITH comment AS (INSERT INTO comments (id, post_id, content) VALUES ($1, $2, $3))
-         INSERT INTO outbox (event_id, publication) VALUES ($4, $5::json)",
+    // The statement's snapshot does not show the row it inserts: the new comment is added
+    // to the list as the last one, which its position makes it.
+    let comments: Vec<Comment> = sqlx::query_as(
+        "WITH known AS (
+             SELECT EXISTS (SELECT 1 FROM known_posts WHERE id = $2) AS yes
+         ), comment AS (
+             INSERT INTO comments (id, post_id, content) SELECT $1, $2, $3 FROM known WHERE yes
+             RETURNING position
+         ), event AS (
+             INSERT INTO outbox (event_id, publication) SELECT $4, $5::json FROM known WHERE yes
+         )
+         SELECT id, content, status FROM (
+             SELECT c.id, c.content, c.status, c.position FROM comments c, known
+             WHERE known.yes AND c.post_id = $2
+             UNION ALL
+             SELECT $1, $3, 'pending', position FROM comment
+         ) listed ORDER BY position",
     )
     .bind(id)
     .bind(post_id.as_str())
     .bind(content.as_str())
     .bind(row.event_id)
     .bind(&row.publication)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok((id, row))
+    // Known, the list holds at least the new comment.
+    Ok((!comments.is_empty()).then_some(Created { id, row, comments }))
 }
 
 pub async fn comments_of(pool: &PgPool, post_id: &PostId) -> Result<Vec<Comment>, sqlx::Error> {

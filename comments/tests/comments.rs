@@ -66,12 +66,13 @@ async fn new_comment(db: &TestDatabase, post: &PostId, content: &str) -> Uuid {
     store::create_comment(
         &db.pool,
         post,
-        Content::parse(content).unwrap(),
+        &Content::parse(content).unwrap(),
         &TraceParent::new_root(),
     )
     .await
     .unwrap()
-    .0
+    .expect("a known post")
+    .id
 }
 
 /// Outbox publications of one type, oldest first.
@@ -111,12 +112,29 @@ async fn a_comment_and_its_comment_created_event_are_written_in_one_transaction(
     let db = comments_db().await;
     let post = known_post(&db, "p1").await;
     let trace = TraceParent::new_root();
-    let (id, row) =
-        store::create_comment(&db.pool, &post, Content::parse("  Nice  ").unwrap(), &trace)
-            .await
-            .unwrap();
+    let earlier = new_comment(&db, &post, "first").await;
+    let created = store::create_comment(
+        &db.pool,
+        &post,
+        &Content::parse("  Nice  ").unwrap(),
+        &trace,
+    )
+    .await
+    .unwrap()
+    .expect("a known post");
+    let (id, row) = (created.id, created.row);
+    let listed: Vec<(Uuid, &str, &str)> = created
+        .comments
+        .iter()
+        .map(|c| (c.id, c.content.as_str(), c.status.as_str()))
+        .collect();
     assert_eq!(
-        testkit::outbox_publications(&db.pool).await[0]["id"],
+        listed,
+        [(earlier, "first", "pending"), (id, "Nice", "pending")],
+        "the answer lists the post's comments, the new one last"
+    );
+    assert_eq!(
+        testkit::outbox_publications(&db.pool).await[1]["id"],
         row.event_id.to_string(),
         "the row handed to the relay is the committed one"
     );
@@ -127,14 +145,39 @@ async fn a_comment_and_its_comment_created_event_are_written_in_one_transaction(
     );
 
     let events = published(&db.pool, "CommentCreated").await;
-    assert_eq!(count_rows(&db.pool, "outbox").await, 1);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 2);
     assert_eq!(
-        events[0]["data"],
+        events[1]["data"],
         json!({"id": id.to_string(), "postId": "p1", "content": "Nice", "status": "pending"})
     );
-    assert_eq!(events[0]["source"], "comments");
-    assert_eq!(events[0]["traceparent"], trace.to_string());
-    assert_written_in_one_transaction(&db.pool, &["comments", "outbox"], "comment and event").await;
+    assert_eq!(events[1]["source"], "comments");
+    assert_eq!(events[1]["traceparent"], trace.to_string());
+    assert_written_in_one_transaction(
+        &db.pool,
+        &[
+            &format!("comments WHERE id = '{id}'"),
+            &format!("outbox WHERE event_id = '{}'", row.event_id),
+        ],
+        "comment and event",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_comment_on_a_post_this_service_does_not_know_writes_nothing() {
+    let db = comments_db().await;
+    known_post(&db, "p1").await;
+    let created = store::create_comment(
+        &db.pool,
+        &PostId::parse("unknown").unwrap(),
+        &Content::parse("hello").unwrap(),
+        &TraceParent::new_root(),
+    )
+    .await
+    .unwrap();
+    assert!(created.is_none());
+    assert_eq!(count_rows(&db.pool, "comments").await, 0);
+    assert_eq!(count_rows(&db.pool, "outbox").await, 0);
 }
 
 #[tokio::test]
@@ -145,7 +188,7 @@ async fn when_the_comment_created_event_cannot_be_written_no_comment_remains() {
     let failed = store::create_comment(
         &db.pool,
         &post,
-        Content::parse("lost").unwrap(),
+        &Content::parse("lost").unwrap(),
         &TraceParent::new_root(),
     )
     .await;
