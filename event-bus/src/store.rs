@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use contract::Accepted;
 use contract::{Envelope, Publication};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -74,7 +74,7 @@ impl Store {
         // The update waits for a concurrent append and then finds the head moved; the ids
         // are looked up in a snapshot that holds every event up to `head`, since this
         // replica saw `head` committed before the statement began.
-        let appended: i64 = sqlx::query_scalar(&format!(
+        let sql = format!(
             "WITH head AS (
                  UPDATE log_head SET seq = $7
                  WHERE seq = $9 AND NOT EXISTS (SELECT 1 FROM events WHERE id = ANY($2))
@@ -85,18 +85,12 @@ impl Store {
                  SELECT pg_notify($8, $7::text) FROM head
              )
              SELECT count(*) FROM announced"
-        ))
-        .bind(&rows.seqs)
-        .bind(&rows.ids)
-        .bind(&rows.kinds)
-        .bind(&rows.sources)
-        .bind(&rows.occurred)
-        .bind(&rows.envelopes)
-        .bind(next)
-        .bind(LOG_APPENDED)
-        .bind(head)
-        .fetch_one(&self.pool)
-        .await?;
+        );
+        let appended: i64 = with_rows(&sql, &rows, next)
+            .bind(head)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
         if appended == 0 {
             return Ok(None);
         }
@@ -127,24 +121,15 @@ impl Store {
             // The rows, the new head and the announcement (delivered on commit to every
             // replica's listener: the leader's delivery loops wake whichever replica took
             // the publish), in one statement.
-            sqlx::query(&format!(
+            let sql = format!(
                 "WITH appended AS (
                      {INSERT_ROWS}
                  ), head AS (
                      UPDATE log_head SET seq = $7
                  )
                  SELECT pg_notify($8, $7::text)"
-            ))
-            .bind(&rows.seqs)
-            .bind(&rows.ids)
-            .bind(&rows.kinds)
-            .bind(&rows.sources)
-            .bind(&rows.occurred)
-            .bind(&rows.envelopes)
-            .bind(next)
-            .bind(LOG_APPENDED)
-            .execute(&mut *tx)
-            .await?;
+            );
+            with_rows(&sql, &rows, next).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.tail.extend(rows.into_stored());
@@ -300,6 +285,24 @@ const INSERT_ROWS: &str = "INSERT INTO events (seq, id, type, source, occurred_a
      SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
      FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
        AS t(seq, id, type, source, occurred_at, envelope)";
+
+/// `sql` with the rows bound as `$1`–`$6`, the new head as `$7` and the channel that
+/// announces it as `$8`.
+fn with_rows<'q>(
+    sql: &'q str,
+    rows: &'q NewRows,
+    next: i64,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(&rows.seqs)
+        .bind(&rows.ids)
+        .bind(&rows.kinds)
+        .bind(&rows.sources)
+        .bind(&rows.occurred)
+        .bind(&rows.envelopes)
+        .bind(next)
+        .bind(LOG_APPENDED)
+}
 
 /// Numbers the publications after `head`, skipping the ids `known` (with their seq)
 /// and any id seen earlier in the call: the rows to insert, every publication's answer,
