@@ -278,8 +278,6 @@ pub struct Leader {
     pub heartbeat_at: OffsetDateTime,
 }
 
-/// Column-wise rows for one `INSERT … SELECT FROM UNNEST`: one statement per append,
-/// however many events it carries.
 /// The rows of an append, from the parameters `$1`–`$6`.
 const INSERT_ROWS: &str = "INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
      SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
@@ -348,6 +346,8 @@ fn numbered(
     Ok((rows, accepted, next))
 }
 
+/// Column-wise rows for one `INSERT … SELECT FROM UNNEST`: one statement per append,
+/// however many events it carries.
 struct NewRows {
     seqs: Vec<i64>,
     ids: Vec<Uuid>,

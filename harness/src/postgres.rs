@@ -172,9 +172,11 @@ pub fn free_port() -> io::Result<u16> {
     const FIRST: u16 = 15_000;
     const LAST: u16 = 32_000;
     for _ in 0..200 {
-        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
-        random.write_u32(std::process::id());
-        let port = FIRST + (random.finish() % u64::from(LAST - FIRST)) as u16;
+        // Each RandomState is seeded afresh: an empty hash of it is a random number.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = FIRST + (random % u64::from(LAST - FIRST)) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }

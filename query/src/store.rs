@@ -157,10 +157,6 @@ pub async fn update_comments(
     Ok(done.rows_affected())
 }
 
-const POST_JSON: &str = "json_build_object('id', p.id, 'title', p.title, 'comments', COALESCE(
-    (SELECT json_agg(json_build_object('id', c.id, 'content', c.content, 'status', c.status) ORDER BY c.position)
-     FROM comments c WHERE c.post_id = p.id), '[]'::json))";
-
 /// `{postId: {id, title, comments}}` in creation order: all posts, or the `limit` newest
 /// created before post `before`.
 ///
@@ -189,7 +185,28 @@ pub async fn view(
     render_view(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// A post of the page, with one of its comments if it has any.
+/// One post, `{id, title, comments}`, as the view shows it.
+pub async fn post(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error> {
+    let rows: Vec<ViewRow> = sqlx::query_as(
+        "SELECT p.id AS post_id, p.title, c.id AS comment_id, c.content, c.status
+         FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+         WHERE p.id = $1
+         ORDER BY c.position",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    write_post(&mut out, &rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    into_text(out)
+        .map(Some)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// A post, with one of its comments if it has any.
 #[derive(sqlx::FromRow)]
 struct ViewRow {
     post_id: String,
@@ -203,49 +220,53 @@ struct ViewRow {
 fn render_view(rows: &[ViewRow]) -> Result<String, serde_json::Error> {
     let mut out = Vec::with_capacity(2 + rows.len() * 128);
     out.push(b'{');
-    let mut current: Option<&str> = None;
-    let mut first_comment = true;
-    for row in rows {
-        if current != Some(row.post_id.as_str()) {
-            if current.is_some() {
-                out.extend_from_slice(b"]},");
-            }
-            serde_json::to_writer(&mut out, &row.post_id)?;
-            out.extend_from_slice(b":{\"id\":");
-            serde_json::to_writer(&mut out, &row.post_id)?;
-            out.extend_from_slice(b",\"title\":");
-            serde_json::to_writer(&mut out, &row.title)?;
-            out.extend_from_slice(b",\"comments\":[");
-            current = Some(row.post_id.as_str());
-            first_comment = true;
+    for (n, post) in rows.chunk_by(|a, b| a.post_id == b.post_id).enumerate() {
+        if n > 0 {
+            out.push(b',');
         }
-        if let (Some(id), Some(content), Some(status)) =
-            (&row.comment_id, &row.content, &row.status)
-        {
-            if !first_comment {
-                out.push(b',');
-            }
-            first_comment = false;
-            out.extend_from_slice(b"{\"id\":");
-            serde_json::to_writer(&mut out, id)?;
-            out.extend_from_slice(b",\"content\":");
-            serde_json::to_writer(&mut out, content)?;
-            out.extend_from_slice(b",\"status\":");
-            serde_json::to_writer(&mut out, status)?;
-            out.push(b'}');
-        }
-    }
-    if current.is_some() {
-        out.extend_from_slice(b"]}");
+        serde_json::to_writer(&mut out, &post[0].post_id)?;
+        out.push(b':');
+        write_post(&mut out, post)?;
     }
     out.push(b'}');
-    // Only bytes of UTF-8 strings and ASCII punctuation were written.
-    String::from_utf8(out).map_err(|e| serde::de::Error::custom(e.to_string()))
+    into_text(out)
 }
 
-pub async fn post(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error> {
-    let sql = format!("SELECT ({POST_JSON})::text FROM posts p WHERE p.id = $1");
-    sqlx::query_scalar(&sql).bind(id).fetch_optional(pool).await
+/// `{id, title, comments}` from one post's rows (at least one), its comments in order.
+fn write_post(out: &mut Vec<u8>, rows: &[ViewRow]) -> Result<(), serde_json::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    out.extend_from_slice(b"{\"id\":");
+    serde_json::to_writer(&mut *out, &first.post_id)?;
+    out.extend_from_slice(b",\"title\":");
+    serde_json::to_writer(&mut *out, &first.title)?;
+    out.extend_from_slice(b",\"comments\":[");
+    let comments =
+        rows.iter()
+            .filter_map(|row| match (&row.comment_id, &row.content, &row.status) {
+                (Some(id), Some(content), Some(status)) => Some((id, content, status)),
+                _ => None,
+            });
+    for (n, (id, content, status)) in comments.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut *out, id)?;
+        out.extend_from_slice(b",\"content\":");
+        serde_json::to_writer(&mut *out, content)?;
+        out.extend_from_slice(b",\"status\":");
+        serde_json::to_writer(&mut *out, status)?;
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    Ok(())
+}
+
+/// Only bytes of UTF-8 strings and ASCII punctuation were written.
+fn into_text(out: Vec<u8>) -> Result<String, serde_json::Error> {
+    String::from_utf8(out).map_err(|e| serde::de::Error::custom(e.to_string()))
 }
 
 #[cfg(test)]

@@ -664,11 +664,16 @@ impl<H: Reactions> Consumer<H> {
     pub async fn catch_up(&self) -> Result<i64, ConsumerError> {
         let mut goal = None;
         let mut cursor = self.cursor().await?;
-        let mut page = self
-            .bus
-            .page_after((cursor - 1).max(0), PAGE as u32)
-            .await?;
+        let mut prefetched = None;
         loop {
+            let page = match prefetched.take() {
+                Some(page) => page,
+                None => {
+                    self.bus
+                        .page_after((cursor - 1).max(0), PAGE as u32)
+                        .await?
+                }
+            };
             goal = goal.or(page.head);
             if cursor == 0 && page.events.is_empty() {
                 return Ok(cursor);
@@ -691,14 +696,7 @@ impl<H: Reactions> Consumer<H> {
                 return Ok(outcome.cursor);
             }
             cursor = outcome.cursor;
-            page = match next {
-                Some(next) => next,
-                None => {
-                    self.bus
-                        .page_after((cursor - 1).max(0), PAGE as u32)
-                        .await?
-                }
-            };
+            prefetched = next;
         }
     }
 }
