@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use service_kit::error::ApiError;
 use service_kit::http::{JsonBody, RequestTrace};
@@ -9,7 +9,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::domain::{Content, PostId};
-use crate::store;
+use crate::store::{self, Comments};
+
+/// The header that carries how many comments the post has in all; the body keeps the
+/// course's shape, an array of comments.
+pub const TOTAL_HEADER: &str = "X-Total-Count";
 
 /// How long a comment on a post we have not heard of yet waits for its `PostCreated`:
 /// a user who comments right after creating a post never sees a false 404.
@@ -51,7 +55,7 @@ async fn create_comment(
         {
             state.outbox.hand(created.row);
             tracing::info!(comment_id = %created.id, "comment created");
-            return Ok(HttpResponse::Created().json(created.comments));
+            return Ok(answer(HttpResponse::Created(), created.comments));
         }
         let changed = tokio::time::timeout_at(deadline, learned.changed()).await;
         if !matches!(changed, Ok(Ok(()))) {
@@ -63,12 +67,46 @@ async fn create_comment(
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct Paging {
+    before: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The post's comments, oldest first: the latest `limit` (at most and by default
+/// `LATEST_COMMENTS`), or those created before comment `before`. An unknown post has none
+/// (the course answers `[]`).
 async fn list_comments(
+    req: HttpRequest,
     state: web::Data<CommentsState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let paging = web::Query::<Paging>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
+        .into_inner();
+    let limit = paging.limit.unwrap_or(contract::LATEST_COMMENTS);
+    if !(1..=contract::LATEST_COMMENTS).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "`limit` must be between 1 and {}",
+            contract::LATEST_COMMENTS
+        )));
+    }
+    let before = paging
+        .before
+        .map(|id| {
+            uuid::Uuid::parse_str(&id)
+                .map_err(|_| ApiError::BadRequest(format!("`before` is not a comment id: {id:?}")))
+        })
+        .transpose()?;
     let Ok(post_id) = PostId::parse(&path) else {
-        return Ok(HttpResponse::Ok().json(Vec::<()>::new()));
+        return Ok(answer(HttpResponse::Ok(), Comments::default()));
     };
-    Ok(HttpResponse::Ok().json(store::comments_of(&state.pool, &post_id).await?))
+    let comments = store::comments_of(&state.pool, &post_id, before, limit).await?;
+    Ok(answer(HttpResponse::Ok(), comments))
+}
+
+fn answer(mut response: actix_web::HttpResponseBuilder, comments: Comments) -> HttpResponse {
+    response
+        .insert_header((TOTAL_HEADER, comments.total.to_string()))
+        .json(comments.listed)
 }

@@ -1,7 +1,7 @@
 //! All of the comments service's SQL.
 
 use contract::TraceParent;
-use contract::{CommentCreated, CommentStatus, Event, Publication};
+use contract::{CommentCreated, CommentStatus, Event, Publication, LATEST_COMMENTS};
 use service_kit::outbox::{self, OutboxRow};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -24,16 +24,49 @@ pub async fn remember_post(conn: &mut PgConnection, post_id: &str) -> Result<(),
 }
 
 /// A comment just created, with its committed outbox row (for the relay) and the post's
-/// comments as they stand after it (the create response).
+/// latest comments as they stand after it (the create response).
 pub struct Created {
     pub id: Uuid,
     pub row: OutboxRow,
-    pub comments: Vec<Comment>,
+    pub comments: Comments,
+}
+
+/// Some of a post's comments, oldest first, and how many the post has in all.
+#[derive(Debug, Default)]
+pub struct Comments {
+    pub listed: Vec<Comment>,
+    pub total: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    total: i64,
+    id: Option<Uuid>,
+    content: Option<String>,
+    status: Option<String>,
+}
+
+impl Comments {
+    fn from_rows(rows: Vec<ListedRow>) -> Self {
+        let total = rows.first().map_or(0, |row| row.total);
+        let listed = rows
+            .into_iter()
+            .filter_map(|row| {
+                Some(Comment {
+                    id: row.id?,
+                    content: row.content?,
+                    status: row.status?,
+                })
+            })
+            .collect();
+        Self { listed, total }
+    }
 }
 
 /// Creates the comment and its `CommentCreated` event, if this service knows the post:
-/// one statement, one implicit transaction — the comment and its event, or neither —
-/// which also answers the post's comments. `None` when the post is not known (yet).
+/// one statement, one implicit transaction — the comment, its event and the post's count,
+/// or none of them — which also answers the post's latest comments. `None` when the post
+/// is not known (yet).
 pub async fn create_comment(
     pool: &PgPool,
     post_id: &PostId,
@@ -53,39 +86,68 @@ pub async fn create_comment(
         Some(trace.to_string()),
     ))?;
     // The statement's snapshot does not show the row it inserts: the new comment is added
-    // to the list as the last one, which its position makes it.
-    let comments: Vec<Comment> = sqlx::query_as(
+    // to the list as the last one, which its position makes it. Counting in `known_posts`
+    // also orders comments on one post: the row lock is held until the statement commits.
+    let rows: Vec<ListedRow> = sqlx::query_as(
         "WITH known AS (
-             SELECT EXISTS (SELECT 1 FROM known_posts WHERE id = $2) AS yes
+             UPDATE known_posts SET comment_count = comment_count + 1 WHERE id = $2
+             RETURNING comment_count
          ), comment AS (
-             INSERT INTO comments (id, post_id, content) SELECT $1, $2, $3 FROM known WHERE yes
+             INSERT INTO comments (id, post_id, content) SELECT $1, $2, $3 FROM known
              RETURNING position
          ), event AS (
-             INSERT INTO outbox (event_id, publication) SELECT $4, $5::json FROM known WHERE yes
+             INSERT INTO outbox (event_id, publication) SELECT $4, $5::json FROM known
          )
-         SELECT id, content, status FROM (
-             SELECT c.id, c.content, c.status, c.position FROM comments c, known
-             WHERE known.yes AND c.post_id = $2
+         SELECT known.comment_count AS total, listed.id, listed.content, listed.status FROM (
+             (SELECT c.id, c.content, c.status, c.position FROM comments c
+              WHERE c.post_id = $2 AND EXISTS (SELECT 1 FROM known)
+              ORDER BY c.position DESC LIMIT $6 - 1)
              UNION ALL
              SELECT $1, $3, 'pending', position FROM comment
-         ) listed ORDER BY position",
+         ) listed CROSS JOIN known ORDER BY listed.position",
     )
     .bind(id)
     .bind(post_id.as_str())
     .bind(content.as_str())
     .bind(row.event_id)
     .bind(&row.publication)
+    .bind(LATEST_COMMENTS)
     .fetch_all(pool)
     .await?;
     // Known, the list holds at least the new comment.
-    Ok((!comments.is_empty()).then_some(Created { id, row, comments }))
+    Ok((!rows.is_empty()).then(|| Created {
+        id,
+        row,
+        comments: Comments::from_rows(rows),
+    }))
 }
 
-pub async fn comments_of(pool: &PgPool, post_id: &PostId) -> Result<Vec<Comment>, sqlx::Error> {
-    sqlx::query_as("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY position")
-        .bind(post_id.as_str())
-        .fetch_all(pool)
-        .await
+/// The post's latest `limit` comments created before comment `before` (all if `None`),
+/// oldest first. A `before` that is not a comment of this post lists nothing.
+pub async fn comments_of(
+    pool: &PgPool,
+    post_id: &PostId,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Comments, sqlx::Error> {
+    let rows: Vec<ListedRow> = sqlx::query_as(
+        "SELECT k.comment_count AS total, c.id, c.content, c.status
+         FROM known_posts k LEFT JOIN LATERAL (
+             SELECT id, content, status, position FROM comments
+             WHERE post_id = k.id
+               AND ($2::uuid IS NULL
+                    OR position < (SELECT position FROM comments WHERE id = $2 AND post_id = k.id))
+             ORDER BY position DESC LIMIT $3
+         ) c ON true
+         WHERE k.id = $1
+         ORDER BY c.position",
+    )
+    .bind(post_id.as_str())
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(Comments::from_rows(rows))
 }
 
 /// The comment after a status change.

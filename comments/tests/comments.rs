@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use comments::domain::{Content, PostId};
 use comments::reactions::{CommentsReactions, POSTS_LEARNED};
 use comments::store;
-use contract::TraceParent;
 use contract::{CommentModerated, CommentStatus, Envelope, Event, PostCreated};
+use contract::{TraceParent, LATEST_COMMENTS};
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;
 use service_kit::consumer::Consumer;
@@ -123,8 +123,10 @@ async fn a_comment_and_its_comment_created_event_are_written_in_one_transaction(
     .unwrap()
     .expect("a known post");
     let (id, row) = (created.id, created.row);
+    assert_eq!(created.comments.total, 2);
     let listed: Vec<(Uuid, &str, &str)> = created
         .comments
+        .listed
         .iter()
         .map(|c| (c.id, c.content.as_str(), c.status.as_str()))
         .collect();
@@ -210,23 +212,84 @@ async fn comments_of_lists_one_posts_comments_in_creation_order() {
         expected.push((new_comment(&db, &first, content).await, content.to_owned()));
         new_comment(&db, &second, "elsewhere").await;
     }
-    let listed: Vec<(Uuid, String)> = store::comments_of(&db.pool, &first)
+    let all = store::comments_of(&db.pool, &first, None, LATEST_COMMENTS)
         .await
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.id, c.content))
+        .unwrap();
+    assert_eq!(all.total, 3);
+    let listed: Vec<(Uuid, String)> = all
+        .listed
+        .iter()
+        .map(|c| (c.id, c.content.clone()))
         .collect();
     assert_eq!(listed, expected);
-    let shown = serde_json::to_value(store::comments_of(&db.pool, &first).await.unwrap()).unwrap();
     assert_eq!(
-        shown[0],
+        serde_json::to_value(&all.listed[0]).unwrap(),
         json!({"id": expected[0].0, "content": "zzz", "status": "pending"}),
         "the course's comment shape"
     );
-    assert!(store::comments_of(&db.pool, &PostId::parse("p3").unwrap())
+    let unknown = store::comments_of(&db.pool, &PostId::parse("p3").unwrap(), None, 10)
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    assert!(unknown.listed.is_empty());
+    assert_eq!(unknown.total, 0);
+}
+
+#[tokio::test]
+async fn a_busy_posts_answers_carry_its_latest_comments_and_the_rest_page_back_exactly_once() {
+    let db = comments_db().await;
+    let post = known_post(&db, "busy").await;
+    let mut written = Vec::new();
+    for n in 0..(LATEST_COMMENTS + 50) {
+        written.push(new_comment(&db, &post, &format!("comment {n}")).await);
+    }
+    let created = store::create_comment(
+        &db.pool,
+        &post,
+        &Content::parse("the newest").unwrap(),
+        &TraceParent::new_root(),
+    )
+    .await
+    .unwrap()
+    .expect("a known post");
+    written.push(created.id);
+    let total = i64::try_from(written.len()).unwrap();
+    assert_eq!(created.comments.total, total);
+    let answered: Vec<Uuid> = created.comments.listed.iter().map(|c| c.id).collect();
+    assert_eq!(
+        answered,
+        written[written.len() - LATEST_COMMENTS as usize..],
+        "the create answer lists the latest {LATEST_COMMENTS}, the new one last"
+    );
+
+    // Paging back from the newest, 40 at a time, meets every comment exactly once.
+    let mut paged: Vec<Uuid> = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store::comments_of(&db.pool, &post, before, 40)
+            .await
+            .unwrap();
+        assert_eq!(page.total, total);
+        assert!(page.listed.len() <= 40);
+        let Some(oldest) = page.listed.first() else {
+            break;
+        };
+        before = Some(oldest.id);
+        let ids: Vec<Uuid> = page.listed.iter().map(|c| c.id).collect();
+        paged.splice(0..0, ids);
+    }
+    assert_eq!(paged, written);
+    let elsewhere = store::comments_of(
+        &db.pool,
+        &known_post(&db, "other").await,
+        Some(written[5]),
+        40,
+    )
+    .await
+    .unwrap();
+    assert!(
+        elsewhere.listed.is_empty(),
+        "a cursor from another post lists nothing"
+    );
 }
 
 #[tokio::test]

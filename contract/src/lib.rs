@@ -20,3 +20,8 @@ pub use events::{
 pub use published::{Accepted, PublishAnswer};
 pub use trace::TraceParent;
 pub use validate::{InvalidEvent, MAX_ID_LEN, MAX_TYPE_LEN};
+
+/// The most comments a post carries in the public API's answers (a comment's create
+/// response, each post of `GET /posts`), the latest ones; the rest are paged with
+/// `GET /posts/{id}/comments?before=`. One busy post must not make every answer grow.
+pub const LATEST_COMMENTS: i64 = 100;

@@ -1,16 +1,18 @@
-//! All of the query service's SQL. The view's JSON is built by PostgreSQL in one
-//! statement, in the course's shape.
+//! All of the query service's SQL, and the view's JSON in the course's shape.
 
-use contract::{CommentCreated, CommentUpdated, PostCreated};
+use contract::{CommentCreated, CommentUpdated, PostCreated, LATEST_COMMENTS};
 use sqlx::{PgConnection, PgPool};
 
 pub async fn add_post(conn: &mut PgConnection, post: &PostCreated) -> Result<bool, sqlx::Error> {
-    let done =
-        sqlx::query("INSERT INTO posts (id, title) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
-            .bind(&post.id)
-            .bind(&post.title)
-            .execute(conn)
-            .await?;
+    let done = sqlx::query(
+        "INSERT INTO posts (id, title, comment_count)
+             VALUES ($1, $2, (SELECT count(*) FROM comments WHERE post_id = $1))
+             ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&post.id)
+    .bind(&post.title)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -65,8 +67,9 @@ pub async fn add_posts(conn: &mut PgConnection, posts: &[PostCreated]) -> Result
     let ids: Vec<&str> = posts.iter().map(|p| p.id.as_str()).collect();
     let titles: Vec<&str> = posts.iter().map(|p| p.title.as_str()).collect();
     let done = sqlx::query(
-        "INSERT INTO posts (id, title)
-         SELECT id, title FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(id, title, n)
+        "INSERT INTO posts (id, title, comment_count)
+         SELECT id, title, (SELECT count(*) FROM comments c WHERE c.post_id = t.id)
+         FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(id, title, n)
          ORDER BY n
          ON CONFLICT (id) DO NOTHING",
     )
@@ -157,8 +160,9 @@ pub async fn update_comments(
     Ok(done.rows_affected())
 }
 
-/// `{postId: {id, title, comments}}` in creation order: all posts, or the `limit` newest
-/// created before post `before`.
+/// `{postId: {id, title, comments, commentCount}}` in creation order: all posts, or the
+/// `limit` newest created before post `before`; each with its latest `LATEST_COMMENTS`
+/// comments, oldest first.
 ///
 /// PostgreSQL reads the page's rows in order; the JSON is written here. A render follows
 /// every change while clients poll, and building it with PostgreSQL's JSON functions (a
@@ -170,30 +174,38 @@ pub async fn view(
 ) -> Result<String, sqlx::Error> {
     let rows: Vec<ViewRow> = sqlx::query_as(
         "WITH page AS (
-             SELECT position, id, title FROM posts
+             SELECT position, id, title, comment_count FROM posts
              WHERE $2::text IS NULL OR position < COALESCE((SELECT position FROM posts WHERE id = $2), 0)
              ORDER BY position DESC LIMIT $1
          )
-         SELECT p.id AS post_id, p.title, c.id AS comment_id, c.content, c.status
-         FROM page p LEFT JOIN comments c ON c.post_id = p.id
+         SELECT p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
+         FROM page p LEFT JOIN LATERAL (
+             SELECT id, content, status, position FROM comments
+             WHERE post_id = p.id ORDER BY position DESC LIMIT $3
+         ) c ON true
          ORDER BY p.position, c.position",
     )
     .bind(limit)
     .bind(before)
+    .bind(LATEST_COMMENTS)
     .fetch_all(pool)
     .await?;
     render_view(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// One post, `{id, title, comments}`, as the view shows it.
+/// One post, `{id, title, comments, commentCount}`, as the view shows it.
 pub async fn post(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error> {
     let rows: Vec<ViewRow> = sqlx::query_as(
-        "SELECT p.id AS post_id, p.title, c.id AS comment_id, c.content, c.status
-         FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+        "SELECT p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
+         FROM posts p LEFT JOIN LATERAL (
+             SELECT id, content, status, position FROM comments
+             WHERE post_id = p.id ORDER BY position DESC LIMIT $2
+         ) c ON true
          WHERE p.id = $1
          ORDER BY c.position",
     )
     .bind(id)
+    .bind(LATEST_COMMENTS)
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
@@ -211,6 +223,7 @@ pub async fn post(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error
 struct ViewRow {
     post_id: String,
     title: String,
+    comment_count: i64,
     comment_id: Option<String>,
     content: Option<String>,
     status: Option<String>,
@@ -232,7 +245,7 @@ fn render_view(rows: &[ViewRow]) -> Result<String, serde_json::Error> {
     into_text(out)
 }
 
-/// `{id, title, comments}` from one post's rows (at least one), its comments in order.
+/// `{id, title, comments, commentCount}` from one post's rows, its comments in order.
 fn write_post(out: &mut Vec<u8>, rows: &[ViewRow]) -> Result<(), serde_json::Error> {
     let Some(first) = rows.first() else {
         return Ok(());
@@ -260,7 +273,9 @@ fn write_post(out: &mut Vec<u8>, rows: &[ViewRow]) -> Result<(), serde_json::Err
         serde_json::to_writer(&mut *out, status)?;
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(b"],\"commentCount\":");
+    out.extend_from_slice(first.comment_count.to_string().as_bytes());
+    out.push(b'}');
     Ok(())
 }
 
@@ -274,10 +289,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn row(post: &str, title: &str, comment: Option<(&str, &str, &str)>) -> ViewRow {
+    fn row(post: &str, title: &str, count: i64, comment: Option<(&str, &str, &str)>) -> ViewRow {
         ViewRow {
             post_id: post.into(),
             title: title.into(),
+            comment_count: count,
             comment_id: comment.map(|c| c.0.into()),
             content: comment.map(|c| c.1.into()),
             status: comment.map(|c| c.2.into()),
@@ -288,30 +304,32 @@ mod tests {
     fn the_view_is_written_in_the_courses_shape_with_every_string_escaped() {
         assert_eq!(render_view(&[]).unwrap(), "{}");
         let rows = [
-            row("p1", "plain", None),
+            row("p1", "plain", 0, None),
             row(
                 "p2",
                 "a \"quote\", a \\ and a\nnewline é",
+                250,
                 Some(("c1", "first", "approved")),
             ),
             row(
                 "p2",
                 "a \"quote\", a \\ and a\nnewline é",
+                250,
                 Some(("c2", "</script>", "pending")),
             ),
-            row("p3", "", Some(("c3", "x", "rejected"))),
+            row("p3", "", 1, Some(("c3", "x", "rejected"))),
         ];
         let text = render_view(&rows).unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             parsed,
             serde_json::json!({
-                "p1": {"id": "p1", "title": "plain", "comments": []},
+                "p1": {"id": "p1", "title": "plain", "comments": [], "commentCount": 0},
                 "p2": {"id": "p2", "title": "a \"quote\", a \\ and a\nnewline é", "comments": [
                     {"id": "c1", "content": "first", "status": "approved"},
                     {"id": "c2", "content": "</script>", "status": "pending"},
-                ]},
-                "p3": {"id": "p3", "title": "", "comments": [{"id": "c3", "content": "x", "status": "rejected"}]},
+                ], "commentCount": 250},
+                "p3": {"id": "p3", "title": "", "comments": [{"id": "c3", "content": "x", "status": "rejected"}], "commentCount": 1},
             })
         );
         // Creation order is the order of the keys.

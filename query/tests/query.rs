@@ -125,13 +125,13 @@ async fn the_view_has_the_courses_shape_in_creation_order() {
     assert_eq!(
         whole,
         json!({
-            "zz": {"id": "zz", "title": "first", "comments": []},
+            "zz": {"id": "zz", "title": "first", "comments": [], "commentCount": 0},
             "mm": {"id": "mm", "title": "second", "comments": [
                 {"id": "c9", "content": "one", "status": "pending"},
                 {"id": "c5", "content": "content of c5", "status": "approved"},
                 {"id": "c1", "content": "three", "status": "pending"},
-            ]},
-            "aa": {"id": "aa", "title": "third", "comments": []},
+            ], "commentCount": 3},
+            "aa": {"id": "aa", "title": "third", "comments": [], "commentCount": 0},
         })
     );
     let ids: Vec<&Value> = whole["mm"]["comments"]
@@ -167,7 +167,7 @@ async fn adding_a_post_or_comment_twice_changes_nothing() {
         view(&db.pool, None, None).await,
         json!({"p1": {"id": "p1", "title": "original", "comments": [
             {"id": "c1", "content": "original", "status": "pending"}
-        ]}})
+        ], "commentCount": 1}})
     );
 }
 
@@ -266,8 +266,76 @@ async fn a_comment_that_arrives_before_its_post_shows_under_it_once_the_post_arr
         view(&db.pool, None, None).await,
         json!({"p1": {"id": "p1", "title": "late", "comments": [
             {"id": "c1", "content": "early", "status": "pending"}
-        ]}})
+        ], "commentCount": 1}}),
+        "a post counts the comments that arrived before it"
     );
+}
+
+#[tokio::test]
+async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whichever_event_brought_it(
+) {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    let limit = usize::try_from(contract::LATEST_COMMENTS).unwrap();
+    // Before its post: one by CommentCreated, one by a CommentUpdated that overtook it.
+    store::add_comment(&mut conn, &comment("early", "busy", "x"))
+        .await
+        .unwrap();
+    store::update_comment(
+        &mut conn,
+        &update("overtaken", "busy", CommentStatus::Approved, 1),
+    )
+    .await
+    .unwrap();
+    store::add_posts(&mut conn, &[post("busy", "t"), post("quiet", "q")])
+        .await
+        .unwrap();
+    let many: Vec<CommentCreated> = (0..limit + 20)
+        .map(|n| comment(&format!("c{n:04}"), "busy", "y"))
+        .collect();
+    store::add_comments(&mut conn, &many).await.unwrap();
+    // Repeats, and updates of comments already there, count nothing.
+    store::add_comments(&mut conn, &many[..10]).await.unwrap();
+    store::add_comment(&mut conn, &comment("early", "busy", "x"))
+        .await
+        .unwrap();
+    store::update_comments(
+        &mut conn,
+        &[update("c0001", "busy", CommentStatus::Rejected, 1)],
+    )
+    .await
+    .unwrap();
+    store::update_comments(
+        &mut conn,
+        &[update("late", "busy", CommentStatus::Approved, 1)],
+    )
+    .await
+    .unwrap();
+    store::add_comment(&mut conn, &comment("q1", "quiet", "z"))
+        .await
+        .unwrap();
+
+    let whole = view(&db.pool, None, None).await;
+    let total = limit + 23;
+    assert_eq!(whole["busy"]["commentCount"], total);
+    assert_eq!(whole["quiet"]["commentCount"], 1);
+    let shown: Vec<&str> = whole["busy"]["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<String> = ["early", "overtaken"].map(String::from).to_vec();
+    expected.extend(many.iter().map(|c| c.id.clone()));
+    expected.push("late".into());
+    assert_eq!(
+        shown,
+        expected[total - limit..],
+        "the latest {limit}, oldest first"
+    );
+    let one: Value =
+        serde_json::from_str(&store::post(&db.pool, "busy").await.unwrap().unwrap()).unwrap();
+    assert_eq!(one, whole["busy"], "one post is shown as the view shows it");
 }
 
 /// Posts p1..=p5, created in that order.
@@ -292,7 +360,7 @@ async fn limit_returns_the_newest_posts_in_creation_order() {
     );
     assert_eq!(
         view(&db.pool, Some(2), None).await["p5"],
-        json!({"id": "p5", "title": "post 5", "comments": []})
+        json!({"id": "p5", "title": "post 5", "comments": [], "commentCount": 0})
     );
 }
 
@@ -339,7 +407,7 @@ async fn one_post_is_served_in_the_courses_shape_and_an_unknown_one_is_none() {
         serde_json::from_str(&store::post(&db.pool, "p1").await.unwrap().unwrap()).unwrap();
     assert_eq!(
         one,
-        json!({"id": "p1", "title": "t", "comments": [{"id": "c1", "content": "hi", "status": "pending"}]})
+        json!({"id": "p1", "title": "t", "comments": [{"id": "c1", "content": "hi", "status": "pending"}], "commentCount": 1})
     );
     assert!(store::post(&db.pool, "nosuchpost").await.unwrap().is_none());
 }
@@ -534,7 +602,10 @@ async fn bad_paging_is_a_400_json_error_and_an_unknown_post_is_a_404() {
         .await;
     assert_eq!(
         app.get_json("/posts/p1").await,
-        (200, json!({"id": "p1", "title": "t", "comments": []}))
+        (
+            200,
+            json!({"id": "p1", "title": "t", "comments": [], "commentCount": 0})
+        )
     );
     app.stop().await;
     bus.stop().await;

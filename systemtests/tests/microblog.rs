@@ -114,7 +114,7 @@ async fn a_course_format_event_posted_to_the_bus_shows_up_in_the_view() {
     .await;
     assert_eq!(
         stack.view().await["abc"],
-        json!({"id": "abc", "title": "t", "comments": []})
+        json!({"id": "abc", "title": "t", "comments": [], "commentCount": 0})
     );
 }
 
@@ -308,4 +308,101 @@ async fn poison_events_are_refused_at_the_bus_and_the_microblog_flows_on() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_with_ten_thousand_comments_keeps_its_answers_bounded_and_pages_every_comment_once()
+{
+    const COMMENTS: usize = 10_000;
+    const WRITERS: usize = 16;
+    let stack = Microblog::start().await;
+    let post_id = stack.create_post("busy").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.create_comment(&post_id, "the first").await;
+    let url = format!("{}/posts/{post_id}/comments", stack.url("comments"));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (client, url) = (http(), url.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in (writer..COMMENTS - 1).step_by(WRITERS) {
+                    let response = client
+                        .post(&url)
+                        .json(&json!({ "content": format!("comment {n}") }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 201);
+                    let total: usize = response.headers()["x-total-count"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let listed: Vec<Value> = response.json().await.unwrap();
+                    assert!(
+                        listed.len() <= 100,
+                        "{} comments in one answer",
+                        listed.len()
+                    );
+                    assert!(total >= listed.len());
+                    let own = listed
+                        .iter()
+                        .find(|c| c["content"] == format!("comment {n}"))
+                        .expect("the new comment is in its answer");
+                    ids.push(own["id"].as_str().unwrap().to_owned());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut written = std::collections::HashSet::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    assert_eq!(written.len(), COMMENTS - 1);
+
+    // The view's post carries the latest 100 and the count, once query has them all.
+    let post_url = format!("{}/posts/{post_id}", stack.url("query"));
+    eventually(
+        Duration::from_secs(120),
+        "every comment in the view",
+        || async { stack.get_json(&post_url).await["commentCount"] == COMMENTS },
+    )
+    .await;
+    let view = stack.view().await;
+    let shown = view[&post_id]["comments"].as_array().unwrap();
+    assert_eq!(shown.len(), 100);
+    assert!(
+        view.to_string().len() < 100 * 1024,
+        "a post's part of the view stays small"
+    );
+
+    // Paging back from the newest meets every comment exactly once, in creation order.
+    let mut paged: Vec<String> = Vec::new();
+    let mut next = url.clone();
+    loop {
+        let page = stack.get_json(&next).await;
+        let page = page.as_array().unwrap();
+        assert!(page.len() <= 100);
+        let Some(oldest) = page.first() else { break };
+        next = format!("{url}?before={}", oldest["id"].as_str().unwrap());
+        let ids = page.iter().map(|c| c["id"].as_str().unwrap().to_owned());
+        paged.splice(0..0, ids);
+    }
+    assert_eq!(paged.len(), COMMENTS, "comments missing or repeated");
+    let unique: std::collections::HashSet<&String> = paged.iter().collect();
+    assert_eq!(unique.len(), COMMENTS, "a comment paged twice");
+    assert!(paged[1..].iter().all(|id| written.contains(id)));
+    // The view shows the newest 100 as the last page does. Each orders by its own arrival
+    // (the bus's log for the view), so comments created side by side may swap places.
+    let shown: std::collections::HashSet<&str> =
+        shown.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let newest: std::collections::HashSet<&str> =
+        paged[COMMENTS - 100..].iter().map(String::as_str).collect();
+    assert!(
+        shown.intersection(&newest).count() >= 90,
+        "the view's latest comments are not the latest"
+    );
 }
