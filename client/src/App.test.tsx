@@ -16,6 +16,7 @@ function fakeApi(posts: PostData[]): Api {
       const post = posts.find((p) => p.id === postId);
       return [...(post?.comments ?? []), { id: 'c-new', content, status: 'pending' as const }];
     }),
+    fetchEarlierComments: vi.fn(async () => []),
   };
 }
 
@@ -91,5 +92,22 @@ describe('App', () => {
     const alert = await screen.findByRole('alert');
     expect(alert.textContent).toContain('Couldn’t load the posts: The service is unavailable');
     expect(within(alert).getByRole('button', { name: 'Try again now' })).toBeTruthy();
+  });
+
+  it('a post with more comments than it shows offers the earlier ones, and loads them on request', async () => {
+    const api = fakeApi([{ id: 'p1', title: 'Busy', comments: [{ id: 'c9', content: 'latest', status: 'approved' }], commentCount: 3 }]);
+    api.fetchEarlierComments = vi.fn(async () => [
+      { id: 'c7', content: 'oldest', status: 'approved' as const },
+      { id: 'c8', content: 'middle', status: 'approved' as const },
+    ]);
+    const source = renderApp(api);
+    act(() => source.ready());
+    const post = await screen.findByRole('article', { name: 'Busy' });
+    expect(within(post).getByText('3 comments')).toBeTruthy();
+    fireEvent.click(within(post).getByRole('button', { name: 'Show earlier comments (2)' }));
+    await waitFor(() => expect(within(post).getByText('oldest')).toBeTruthy());
+    expect(api.fetchEarlierComments).toHaveBeenCalledWith('p1', 'c9');
+    expect(within(post).getAllByRole('listitem').map((li) => li.textContent)).toEqual(['oldest', 'middle', 'latest']);
+    expect(within(post).queryByRole('button', { name: /Show earlier comments/ })).toBeNull();
   });
 });

@@ -5,7 +5,7 @@ import { TextForm } from './components/TextForm';
 import { useMicroblog, type MicroblogOptions } from './useMicroblog';
 
 export function App(options: MicroblogOptions) {
-  const { state, createPost, addComment, loadOlder, reload } = useMicroblog(options);
+  const { state, createPost, addComment, loadEarlierComments, loadOlder, reload } = useMicroblog(options);
   return (
     <div className="page">
       <header className="masthead">
@@ -34,7 +34,13 @@ export function App(options: MicroblogOptions) {
           <h2 id="posts-heading" className="section-title">
             Posts
           </h2>
-          <PostList state={state} onComment={addComment} onLoadOlder={loadOlder} onReload={reload} />
+          <PostList
+            state={state}
+            onComment={addComment}
+            onEarlierComments={loadEarlierComments}
+            onLoadOlder={loadOlder}
+            onReload={reload}
+          />
         </section>
       </main>
       <footer className="footer">

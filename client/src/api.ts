@@ -14,8 +14,14 @@ export interface CommentData {
 export interface PostData {
   id: string;
   title: string;
+  /** The latest comments (at most LATEST_COMMENTS), oldest first. */
   comments: CommentData[];
+  /** How many comments the post has in all; absent from the course's services. */
+  commentCount?: number;
 }
+
+/** The most comments a post carries in the view; the rest are paged on request. */
+export const LATEST_COMMENTS = 100;
 
 /** Limits the services enforce (after trimming); shown as hints, enforced by the server. */
 export const TITLE_MAX = 200;
@@ -107,6 +113,8 @@ export interface Api {
   addComment(postId: string, content: string): Promise<CommentData[]>;
   /** Posts in creation order (oldest first): the `limit` newest, optionally older than `before`. */
   fetchPosts(page?: { limit?: number; before?: string }): Promise<PostData[]>;
+  /** The post's comments created before comment `before`, oldest first (at most `limit`). */
+  fetchEarlierComments(postId: string, before: string, limit?: number): Promise<CommentData[]>;
 }
 
 export function createApi(fetchImpl: Fetch = (input, init) => fetch(input, init)): Api {
@@ -126,6 +134,10 @@ export function createApi(fetchImpl: Fetch = (input, init) => fetch(input, init)
       const view = await request<Record<string, PostData>>(fetchImpl, qs ? `/posts?${qs}` : '/posts');
       // The object's key order is the creation order.
       return Object.values(view).map((post) => ({ ...post, comments: post.comments ?? [] }));
+    },
+    fetchEarlierComments: (postId, before, limit = LATEST_COMMENTS) => {
+      const query = new URLSearchParams({ before, limit: String(limit) });
+      return request(fetchImpl, `/posts/${encodeURIComponent(postId)}/comments?${query.toString()}`);
     },
   };
 }

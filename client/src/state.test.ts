@@ -88,7 +88,7 @@ describe('stream events', () => {
   it('PostCreated puts the new post first, once', () => {
     const added = reducer(loaded, event({ type: 'PostCreated', seq: 5, post: post('b') }));
     expect(added.order).toEqual(['b', 'a']);
-    expect(added.posts.b).toEqual({ id: 'b', title: 'Title b', comments: [] });
+    expect(added.posts.b).toEqual({ id: 'b', title: 'Title b', comments: [], commentCount: 0 });
     expect(reducer(added, event({ type: 'PostCreated', seq: 5, post: post('b') }))).toBe(added);
   });
 
@@ -161,6 +161,36 @@ describe('our own requests', () => {
       ['c1', 'approved'],
       ['c2', 'pending'],
     ]);
+  });
+});
+
+describe('a busy post', () => {
+  const latest = Array.from({ length: 3 }, (_, n) => ({ id: `c${n + 5}`, content: `x${n + 5}`, status: 'approved' as const }));
+  const busy = run([snapshot({ id: 'a', title: 'Busy', comments: latest, commentCount: 7 })]);
+
+  it('counts every comment, not only the loaded ones, and keeps counting live', () => {
+    expect(busy.posts.a?.commentCount).toBe(7);
+    const more = reducer(busy, event(commentCreated('c8', 'a')));
+    expect(more.posts.a?.commentCount).toBe(8);
+    expect(reducer(more, event(commentCreated('c8', 'a')))).toBe(more);
+    // A snapshot read before c8 does not take the count back.
+    const reloaded = reducer(more, { type: 'snapshot', posts: [{ id: 'a', title: 'Busy', comments: latest, commentCount: 7 }] });
+    expect(reloaded.posts.a?.commentCount).toBe(8);
+  });
+
+  it('earlier comments go before the loaded ones, once each, without changing the count', () => {
+    const earlier = [
+      { id: 'c3', content: 'x3', status: 'pending' as const },
+      { id: 'c4', content: 'x4', status: 'approved' as const },
+      { id: 'c5', content: 'x5', status: 'approved' as const },
+    ];
+    const paged = reducer(busy, { type: 'earlierComments', postId: 'a', comments: earlier });
+    expect(paged.posts.a?.comments.map((c) => c.id)).toEqual(['c3', 'c4', 'c5', 'c6', 'c7']);
+    expect(paged.posts.a?.commentCount).toBe(7);
+    expect(reducer(paged, { type: 'earlierComments', postId: 'a', comments: earlier })).toBe(paged);
+    // A reload brings the latest again and keeps the earlier ones in front.
+    const reloaded = reducer(paged, { type: 'snapshot', posts: [{ id: 'a', title: 'Busy', comments: latest, commentCount: 7 }] });
+    expect(reloaded.posts.a?.comments.map((c) => c.id)).toEqual(['c3', 'c4', 'c5', 'c6', 'c7']);
   });
 });
 

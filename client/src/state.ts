@@ -15,8 +15,10 @@ export interface Comment {
 export interface Post {
   id: string;
   title: string;
-  /** Oldest first. */
+  /** Oldest first: the latest ones, and any earlier ones the user asked for. */
   comments: Comment[];
+  /** How many comments the post has in all; more than `comments` holds when some are unloaded. */
+  commentCount: number;
 }
 
 export type Connection = 'connecting' | 'live' | 'reconnecting';
@@ -49,8 +51,10 @@ export type Action =
   | { type: 'event'; event: StreamEvent }
   /** Our own POST /posts/create answered. */
   | { type: 'postSaved'; post: { id: string; title: string } }
-  /** Our own POST /posts/:id/comments answered with all comments of that post. */
+  /** Our own POST /posts/:id/comments answered with the post's latest comments. */
   | { type: 'commentsSaved'; postId: string; comments: CommentData[] }
+  /** A page of GET /posts/:id/comments?before=… (oldest first), older than all loaded. */
+  | { type: 'earlierComments'; postId: string; comments: CommentData[] }
   | { type: 'connection'; connection: Connection };
 
 export const initialState: State = {
@@ -67,7 +71,16 @@ export function toComment(data: CommentData): Comment {
 }
 
 function toPost(data: PostData): Post {
-  return { id: data.id, title: data.title, comments: (data.comments ?? []).map(toComment) };
+  const comments = (data.comments ?? []).map(toComment);
+  return { id: data.id, title: data.title, comments, commentCount: Math.max(data.commentCount ?? 0, comments.length) };
+}
+
+/** The post with `incoming` merged into its comments; new ones count towards the total. */
+function withComments(post: Post, incoming: Comment[], counted: boolean): Post {
+  const comments = mergeComments(post.comments, incoming);
+  if (comments === post.comments) return post;
+  const added = counted ? comments.length - post.comments.length : 0;
+  return { ...post, comments, commentCount: Math.max(post.commentCount + added, comments.length) };
 }
 
 /**
@@ -148,10 +161,14 @@ function mergePosts(state: State, incoming: PostData[]): Pick<State, 'posts' | '
   return { posts, order: same ? state.order : order };
 }
 
+/** Counts only grow: a snapshot read before a comment we already know may count fewer. */
 function mergePost(known: Post, incoming: Post): Post {
   const comments = mergeComments(known.comments, incoming.comments);
-  if (comments === known.comments && known.title === incoming.title) return known;
-  return { ...known, title: incoming.title, comments };
+  const commentCount = Math.max(known.commentCount, incoming.commentCount, comments.length);
+  if (comments === known.comments && known.title === incoming.title && commentCount === known.commentCount) {
+    return known;
+  }
+  return { ...known, title: incoming.title, comments, commentCount };
 }
 
 function withPost(state: State, post: Post): State {
@@ -173,13 +190,18 @@ function applyEvent(state: State, event: StreamEvent): State {
       const post = state.posts[event.comment.postId];
       // A post we have not loaded (an older page): its comments come with it.
       if (!post || post.comments.some((c) => c.id === event.comment.id)) return state;
-      return withPost(state, { ...post, comments: [...post.comments, toComment(event.comment)] });
+      return withPost(state, {
+        ...post,
+        comments: [...post.comments, toComment(event.comment)],
+        commentCount: post.commentCount + 1,
+      });
     }
     case 'CommentUpdated': {
       const post = state.posts[event.comment.postId];
       if (!post) return state;
-      const comments = mergeComments(post.comments, [toComment(event.comment)]);
-      return comments === post.comments ? state : withPost(state, { ...post, comments });
+      // An update that overtook its CommentCreated brings a new comment: it counts.
+      const next = withComments(post, [toComment(event.comment)], true);
+      return next === post ? state : withPost(state, next);
     }
     case 'Resync':
       // Handled by the feed, which reloads the view.
@@ -211,8 +233,16 @@ export function reducer(state: State, action: Action): State {
     case 'commentsSaved': {
       const post = state.posts[action.postId];
       if (!post) return state;
-      const comments = mergeComments(post.comments, action.comments.map(toComment));
-      return comments === post.comments ? state : withPost(state, { ...post, comments });
+      const next = withComments(post, action.comments.map(toComment), true);
+      return next === post ? state : withPost(state, next);
+    }
+    case 'earlierComments': {
+      const post = state.posts[action.postId];
+      if (!post) return state;
+      // Earlier comments go before the loaded ones: merged with the loaded ones' order kept.
+      const comments = mergeComments(action.comments.map(toComment), post.comments);
+      if (comments.length === post.comments.length) return state;
+      return withPost(state, { ...post, comments, commentCount: Math.max(post.commentCount, comments.length) });
     }
     case 'connection':
       return state.connection === action.connection ? state : { ...state, connection: action.connection };

@@ -7,6 +7,8 @@ export interface Microblog {
   state: State;
   createPost(title: string): Promise<void>;
   addComment(postId: string, content: string): Promise<void>;
+  /** Loads the post's comments older than the oldest one shown. */
+  loadEarlierComments(postId: string): Promise<void>;
   loadOlder(): Promise<void>;
   reload(): void;
 }
@@ -50,8 +52,17 @@ export function useMicroblog(options: MicroblogOptions = {}): Microblog {
     },
     [api],
   );
+  const loadEarlierComments = useCallback(
+    async (postId: string) => {
+      const oldest = stateRef.current.posts[postId]?.comments[0];
+      if (!oldest) return;
+      const comments = await api.fetchEarlierComments(postId, oldest.id);
+      dispatch({ type: 'earlierComments', postId, comments });
+    },
+    [api],
+  );
   const loadOlder = useCallback(async () => feedRef.current?.loadOlder(), []);
   const reload = useCallback(() => feedRef.current?.reload(), []);
 
-  return { state, createPost, addComment, loadOlder, reload };
+  return { state, createPost, addComment, loadEarlierComments, loadOlder, reload };
 }

@@ -5,11 +5,12 @@ import { PostCard, type PostCardProps } from './PostCard';
 export interface PostListProps {
   state: State;
   onComment: PostCardProps['onComment'];
+  onEarlierComments: PostCardProps['onEarlierComments'];
   onLoadOlder(): Promise<void>;
   onReload(): void;
 }
 
-export function PostList({ state, onComment, onLoadOlder, onReload }: PostListProps) {
+export function PostList({ state, onComment, onEarlierComments, onLoadOlder, onReload }: PostListProps) {
   const [older, setOlder] = useState<{ busy: boolean; error?: string }>({ busy: false });
 
   if (!state.loaded) {
@@ -52,7 +53,7 @@ export function PostList({ state, onComment, onLoadOlder, onReload }: PostListPr
         <div className="posts">
           {state.order.map((id) => {
             const post = state.posts[id];
-            return post ? <PostCard key={id} post={post} onComment={onComment} /> : null;
+            return post ? <PostCard key={id} post={post} onComment={onComment} onEarlierComments={onEarlierComments} /> : null;
           })}
         </div>
       )}
