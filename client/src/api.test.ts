@@ -71,4 +71,24 @@ describe('createApi', () => {
     });
     await expect(createApi(down).createPost('x')).rejects.toMatchObject({ status: 0, code: 'network' });
   });
+
+  it('asks the user to slow down when a rate limit refuses, saying how long to wait', async () => {
+    const limited = vi.fn(async () =>
+      new Response(JSON.stringify({ error: { code: 'rate_limited', message: 'too many requests' } }), {
+        status: 429,
+        headers: { 'Content-Type': 'application/json', 'Retry-After': '2' },
+      }),
+    );
+    await expect(createApi(limited).createPost('x')).rejects.toMatchObject({
+      status: 429,
+      code: 'rate_limited',
+      message: 'Slow down: too many requests. Try again in 2 s.',
+    });
+  });
+
+  it('pages a post’s earlier comments', async () => {
+    const fetch = vi.fn(async () => jsonResponse(200, [{ id: 'c1', content: 'old', status: 'approved' }]));
+    await expect(createApi(fetch).fetchEarlierComments('p/1', 'c2')).resolves.toHaveLength(1);
+    expect(fetch).toHaveBeenCalledWith('/posts/p%2F1/comments?before=c2&limit=100', expect.anything());
+  });
 });

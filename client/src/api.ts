@@ -90,6 +90,13 @@ export function errorFromResponse(status: number, body: string): ApiError {
   return new ApiError(status, 'http_error', fallbackMessage(status));
 }
 
+/** A rate limit refused the request: the user is asked to wait, nothing is broken. */
+export function slowDown(retryAfter: string | null): ApiError {
+  const seconds = Number.parseInt(retryAfter ?? '', 10);
+  const wait = Number.isFinite(seconds) && seconds > 0 ? `${seconds} s` : 'a moment';
+  return new ApiError(429, 'rate_limited', `Slow down: too many requests. Try again in ${wait}.`);
+}
+
 export type Fetch = (input: string, init?: RequestInit) => Promise<Response>;
 
 async function request<T>(fetchImpl: Fetch, url: string, init?: RequestInit): Promise<T> {
@@ -101,6 +108,9 @@ async function request<T>(fetchImpl: Fetch, url: string, init?: RequestInit): Pr
     });
   } catch {
     throw new ApiError(0, 'network', 'Could not reach the server. Check your connection and try again.');
+  }
+  if (response.status === 429) {
+    throw slowDown(response.headers.get('Retry-After'));
   }
   if (!response.ok) {
     throw errorFromResponse(response.status, await response.text().catch(() => ''));
