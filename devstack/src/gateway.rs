@@ -3,16 +3,18 @@
 //! robin (none ready: 503 with `Retry-After`, as ingress-nginx answers). Bodies stream
 //! both ways unbuffered, so Server-Sent Events pass through as they are written, and a
 //! backend that dies mid-stream closes the browser's connection (its EventSource
-//! reconnects).
+//! reconnects). The Ingress's rate limits apply before routing, per client address, as
+//! ingress-nginx applies them (`crate::ratelimit`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use harness::proxy::{no_ready_endpoint, proxy_client, Endpoints};
+use harness::proxy::{error_body, no_ready_endpoint, proxy_client, Endpoints};
 
 use crate::ingress::Ingress;
+use crate::ratelimit::{InProgress, Limiter, Refusal};
 use crate::Error;
 
 /// Like ingress-nginx's default `proxy-body-size`.
@@ -20,6 +22,7 @@ const BODY_LIMIT: usize = 1024 * 1024;
 
 struct Routes {
     ingress: Ingress,
+    limiter: Limiter,
     /// Kubernetes Service name → its ready instances.
     services: HashMap<String, Arc<Endpoints>>,
     client: reqwest::Client,
@@ -31,6 +34,7 @@ pub fn start(
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, Error> {
     let routes = web::Data::new(Routes {
+        limiter: Limiter::new(ingress.limits),
         ingress,
         services,
         client: proxy_client(),
@@ -51,6 +55,13 @@ pub fn start(
 }
 
 async fn route(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) -> HttpResponse {
+    let address = req
+        .peer_addr()
+        .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
+    let slot = match routes.limiter.admit(address, std::time::Instant::now()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refused(refusal),
+    };
     let host = req.headers().get("host").and_then(|h| h.to_str().ok());
     let Some(backend) = routes.ingress.route(host, req.uri().path()) else {
         return HttpResponse::NotFound().body("default backend - 404\n");
@@ -73,9 +84,45 @@ async fn route(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) ->
         // As ingress-nginx does: the services log it with every line of the request.
         headers.push(("x-request-id", uuid_like()));
     }
+    // The slot is held until the answer's body has been sent, as nginx's limit_conn
+    // counts a request until it completes: an open live stream holds one.
     endpoints
         .forward(&routes.client, &req, body, &headers)
         .await
+        .map_body(|_, body| Held { body, _slot: slot })
+        .map_into_boxed_body()
+}
+
+/// 429 with the services' JSON error and `Retry-After`.
+fn refused(refusal: Refusal) -> HttpResponse {
+    let message = match refusal {
+        Refusal::TooManyRequests { .. } => "too many requests from this address; slow down",
+        Refusal::TooManyConnections => "too many requests in progress from this address",
+    };
+    HttpResponse::TooManyRequests()
+        .insert_header(("Retry-After", refusal.retry_after_seconds().to_string()))
+        .json(error_body("rate_limited", message))
+}
+
+/// A response body that frees its request's slot when it is done or dropped.
+struct Held<B> {
+    body: B,
+    _slot: InProgress,
+}
+
+impl<B: actix_web::body::MessageBody + Unpin> actix_web::body::MessageBody for Held<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
 }
 
 fn uuid_like() -> String {
@@ -114,4 +161,101 @@ pub fn serve_client(
     let handle = server.handle();
     tokio::spawn(server);
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn manifest() -> Ingress {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s/ingress-srv.yaml");
+        Ingress::load(&file).unwrap()
+    }
+
+    /// The repository's Ingress in front of one stand-in backend for every Service; the
+    /// gateway's URL.
+    async fn gateway() -> String {
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend_url = format!("http://{}", backend.local_addr().unwrap());
+        let server = HttpServer::new(|| App::new().default_service(web::to(HttpResponse::Ok)))
+            .workers(1)
+            .listen(backend)
+            .unwrap()
+            .run();
+        tokio::spawn(server);
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s/ingress-srv.yaml");
+        let ingress = Ingress::load(&file).unwrap();
+        let services = ingress
+            .backends()
+            .map(|(_, backend)| {
+                let endpoints = Endpoints::new(&backend.service, vec![backend_url.clone()]);
+                endpoints.admit(&backend_url);
+                (backend.service.clone(), endpoints)
+            })
+            .collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        start(ingress, services, listener).unwrap();
+        url
+    }
+
+    #[actix_web::test]
+    async fn over_the_manifests_limit_a_client_gets_429_with_the_json_error_and_retry_after() {
+        let url = gateway().await;
+        let limits = manifest().limits;
+        let burst = limits.burst as usize;
+        assert!(burst > 0, "the manifest sets a rate limit");
+        let client = reqwest::Client::new();
+        let mut statuses = Vec::new();
+        // As fast as one client can: the burst passes whole, then the limit refuses.
+        let mut refused = None;
+        for _ in 0..burst * 2 {
+            let response = client.get(format!("{url}/posts")).send().await.unwrap();
+            statuses.push(response.status().as_u16());
+            if response.status() == 429 {
+                refused = Some(response);
+                break;
+            }
+        }
+        assert!(
+            statuses[..=burst].iter().all(|s| *s == 200),
+            "refused inside the burst: {statuses:?}"
+        );
+        let refused = refused.expect("never refused beyond the burst");
+        let retry_after: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("slow down"));
+    }
+
+    #[actix_web::test]
+    async fn at_the_manifests_steady_rate_a_client_is_never_refused() {
+        let url = gateway().await;
+        let client = reqwest::Client::new();
+        let rps = manifest().limits.rps.unwrap();
+        let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
+        for n in 0..60 {
+            every.tick().await;
+            let status = client
+                .get(format!("{url}/posts"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200, "request {n} at {rps} per second");
+        }
+    }
 }

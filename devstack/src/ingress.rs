@@ -4,6 +4,8 @@
 //! manifest's routing: a manifest ingress-nginx would route wrongly routes wrongly here.
 
 use regex::Regex;
+
+use crate::ratelimit::Limits;
 use yaml_rust2::{Yaml, YamlLoader};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,8 @@ struct Rule {
 pub struct Ingress {
     pub name: String,
     rules: Vec<Rule>,
+    /// The rate limits its annotations set, applied to every path as ingress-nginx does.
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +89,12 @@ impl Ingress {
         if rules.is_empty() {
             return Err("spec.rules is empty".into());
         }
-        Ok(Self { name, rules })
+        let limits = Limits::from_annotations(&ingress["metadata"]["annotations"])?;
+        Ok(Self {
+            name,
+            rules,
+            limits,
+        })
     }
 
     /// The backend for a request, as ingress-nginx would pick it. A `Host` that no rule

@@ -7,6 +7,7 @@ mod client;
 mod gateway;
 mod ingress;
 mod postgres;
+mod ratelimit;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

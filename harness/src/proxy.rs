@@ -174,7 +174,7 @@ impl Endpoints {
 }
 
 /// `{"error":{"code","message"}}`, the services' own error shape.
-fn error_body(code: &str, message: &str) -> serde_json::Value {
+pub fn error_body(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({ "error": { "code": code, "message": message } })
 }
 

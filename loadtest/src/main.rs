@@ -1,10 +1,11 @@
 //! Load measurements, rerunnable: `cargo build --release --workspace` then
 //! `target/release/loadtest figures` (what a user waits for, as the course's app was
-//! measured, with the machine's floors), `… visibility` (its first two figures only), `… write`, `… replay [EVENTS…]`, `… flow`, `… bus`, `… rebuild` or `… backlog`. Each run starts its own PostgreSQL (durable settings)
+//! measured, with the machine's floors), `… visibility` (its first two figures only), `… write`, `… replay [EVENTS…]`, `… flow`, `… bus`, `… rebuild`, `… backlog` or `… busy-post`. Each run starts its own PostgreSQL (durable settings)
 //! and real service processes, reports figures, and removes everything it started.
 
 mod backlog;
 mod bus;
+mod busy;
 mod figures;
 mod flow;
 mod rebuild;
@@ -24,9 +25,10 @@ async fn main() -> std::process::ExitCode {
         "write" => figures::write_only().await,
         "rebuild" => rebuild::run().await,
         "backlog" => backlog::run().await,
+        "busy-post" => busy::run().await,
         _ => {
             eprintln!(
-                "usage: loadtest figures|visibility|write|timeline|replay|flow|bus|rebuild|backlog"
+                "usage: loadtest figures|visibility|write|timeline|replay|flow|bus|rebuild|backlog|busy-post"
             );
             return std::process::ExitCode::from(2);
         }

@@ -96,6 +96,13 @@ ENV_FILTER_DEFAULT = re.compile(r"EnvFilter::(?:try_)?from_default_env\s*\(")
 # What must route where is the topology's `routes`.
 INGRESS_FILE = "ingress-srv.yaml"
 INGRESS_ALLOWED_ANNOTATIONS = {"nginx.ingress.kubernetes.io/use-regex": "true"}
+# Rate limits the local gateway enforces too (devstack/src/ratelimit.rs): positive whole
+# numbers, as strings.
+INGRESS_LIMIT_ANNOTATIONS = {
+    "nginx.ingress.kubernetes.io/limit-rps",
+    "nginx.ingress.kubernetes.io/limit-burst-multiplier",
+    "nginx.ingress.kubernetes.io/limit-connections",
+}
 
 REQUIRED_LABELS = ["app", "app.kubernetes.io/name", "app.kubernetes.io/component"]
 PART_OF = ("app.kubernetes.io/part-of", "microblog")
@@ -936,12 +943,17 @@ def readable_data(obj: Resource) -> dict[str, str | None]:
 
 
 def check_ingress_contract(ing: Resource, paths: list[dict], topology: Topology, report: Report) -> None:
-    annotations = (ing.doc.get("metadata") or {}).get("annotations") or {}
+    annotations = dict((ing.doc.get("metadata") or {}).get("annotations") or {})
+    limits = {k: annotations.pop(k) for k in list(annotations) if k in INGRESS_LIMIT_ANNOTATIONS}
     if annotations != INGRESS_ALLOWED_ANNOTATIONS:
         report.error(
-            f"{ing}: annotations must be exactly {INGRESS_ALLOWED_ANNOTATIONS} "
-            f"(ingress-nginx is retired; keep the Ingress portable), found {annotations}"
+            f"{ing}: annotations must be exactly {INGRESS_ALLOWED_ANNOTATIONS} and the rate limits "
+            f"{sorted(INGRESS_LIMIT_ANNOTATIONS)} (ingress-nginx is retired; keep the Ingress portable), "
+            f"found {annotations}"
         )
+    for key, value in limits.items():
+        if not (isinstance(value, str) and value.isdigit() and int(value) > 0):
+            report.error(f"{ing}: {key} must be a positive whole number as a string, found {value!r}")
     if (ing.doc.get("spec") or {}).get("ingressClassName") != "nginx":
         report.error(f"{ing}: ingressClassName must be nginx")
     hosts = [r.get("host") for r in (ing.doc.get("spec") or {}).get("rules") or []]
