@@ -27,7 +27,11 @@ pub struct CommentsState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/posts/{id}/comments", web::post().to(create_comment))
-        .route("/posts/{id}/comments", web::get().to(list_comments));
+        .route("/posts/{id}/comments", web::get().to(list_comments))
+        .route(
+            "/openapi.json",
+            web::get().to(service_kit::http::public_api),
+        );
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,3 +25,7 @@ pub use validate::{InvalidEvent, MAX_ID_LEN, MAX_TYPE_LEN};
 /// response, each post of `GET /posts`), the latest ones; the rest are paged with
 /// `GET /posts/{id}/comments?before=`. One busy post must not make every answer grow.
 pub const LATEST_COMMENTS: i64 = 100;
+
+/// The public API's OpenAPI document (also at docs/openapi/public.json), served by each
+/// public service at `GET /openapi.json` and held to by scripts/fuzz-api.
+pub const PUBLIC_API: &str = include_str!("../openapi/public.json");

@@ -16,7 +16,11 @@ pub struct PostsState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/posts/create", web::post().to(create_post))
         .route("/posts", web::post().to(create_post))
-        .route("/posts", web::get().to(list_posts));
+        .route("/posts", web::get().to(list_posts))
+        .route(
+            "/openapi.json",
+            web::get().to(service_kit::http::public_api),
+        );
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,7 +22,11 @@ pub struct QueryState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/posts", web::get().to(view))
         .route("/posts/stream", web::get().to(stream))
-        .route("/posts/{id}", web::get().to(one_post));
+        .route("/posts/{id}", web::get().to(one_post))
+        .route(
+            "/openapi.json",
+            web::get().to(service_kit::http::public_api),
+        );
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +44,12 @@ async fn view(req: HttpRequest, state: web::Data<QueryState>) -> Result<HttpResp
             "`limit` must be between 1 and 1000".into(),
         ));
     }
+    // A cursor PostgreSQL cannot even compare (a NUL) names no post: the page is empty.
+    if paging.before.as_deref().is_some_and(|id| !storable(id)) {
+        return Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{}"));
+    }
     let key = (paging.limit, paging.before);
     let json = state
         .cache
@@ -56,12 +66,20 @@ async fn one_post(
     state: web::Data<QueryState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    if !storable(&id) {
+        return Err(ApiError::NotFound(format!("no post {:?}", id.as_str())));
+    }
     match store::post(&state.pool, &id).await? {
         Some(json) => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(json)),
         None => Err(ApiError::NotFound(format!("no post {:?}", id.as_str()))),
     }
+}
+
+/// Whether PostgreSQL text can hold `id`: no id with a NUL was ever stored.
+fn storable(id: &str) -> bool {
+    !id.contains('\0')
 }
 
 /// Server-Sent Events: every change to the view, as it commits. A client that falls too

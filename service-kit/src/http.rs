@@ -191,6 +191,13 @@ pub async fn until_schema_ready(
 
 /// Registers `GET /healthz` (the process is alive) and `GET /readyz` (database reachable,
 /// migrations applied, caught up), shared by every service.
+/// `GET /openapi.json` of a public service: the public API's document.
+pub async fn public_api() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .body(contract::PUBLIC_API)
+}
+
 pub fn health_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));

@@ -116,6 +116,18 @@ async fn a_course_format_event_posted_to_the_bus_shows_up_in_the_view() {
         stack.view().await["abc"],
         json!({"id": "abc", "title": "t", "comments": [], "commentCount": 0})
     );
+    // Each public service serves the public API's document, the one scripts/fuzz-api
+    // holds them to.
+    for service in ["posts", "comments", "query"] {
+        let document = stack
+            .get_json(&format!("{}/openapi.json", stack.url(service)))
+            .await;
+        assert_eq!(document["openapi"], "3.1.0", "{service}");
+        assert_eq!(
+            document,
+            serde_json::from_str::<Value>(contract::PUBLIC_API).unwrap()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
