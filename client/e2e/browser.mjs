@@ -174,11 +174,30 @@ function hookEventSource() {
   };
 }
 
+/** Content-Security-Policy violations any page reported; the run ends with none. */
+const cspViolations = [];
+
+/** The client's security headers, as its nginx and the local gateway both send them. */
+function assertSecurityHeaders(response, label) {
+  const headers = response.headers();
+  const policy = headers['content-security-policy'] ?? '';
+  for (const directive of ["default-src 'self'", "frame-ancestors 'none'"]) {
+    if (!policy.includes(directive)) throw new Error(`${label}: no ${directive} in the CSP ${JSON.stringify(policy)}`);
+  }
+  if (policy.includes('unsafe-inline')) throw new Error(`${label}: the CSP allows inline code: ${policy}`);
+  if (headers['x-content-type-options'] !== 'nosniff') throw new Error(`${label}: no X-Content-Type-Options: nosniff`);
+  if (!headers['referrer-policy']) throw new Error(`${label}: no Referrer-Policy`);
+}
+
 async function openApp(context, label) {
   const page = await context.newPage();
   await page.addInitScript(hookEventSource);
   page.on('pageerror', (error) => console.error(`  [${label}] page error: ${error.message}`));
-  await page.goto(`${BASE}/`, { waitUntil: 'domcontentloaded', timeout: TIMEOUT });
+  page.on('console', (message) => {
+    if (message.text().includes('Content Security Policy')) cspViolations.push(`[${label}] ${message.text()}`);
+  });
+  const response = await page.goto(`${BASE}/`, { waitUntil: 'domcontentloaded', timeout: TIMEOUT });
+  assertSecurityHeaders(response, label);
   await page.getByRole('heading', { name: 'Microblog', level: 1 }).waitFor({ timeout: TIMEOUT });
   await waitInPage(page, `${label}: the live stream never connected (no "Live" badge)`, () =>
     document.querySelector('.connection--live'),
@@ -364,6 +383,10 @@ await step('save screenshots', async () => {
     await page.screenshot({ path: join(ARTIFACTS, file) });
   }
   console.log(`  ${join(ARTIFACTS, 'first-page.png')}\n  ${join(ARTIFACTS, 'second-page.png')}`);
+});
+
+await step('the security policy was in force and nothing broke it', async () => {
+  if (cspViolations.length > 0) throw new Error(`CSP violations:\n${cspViolations.join('\n')}`);
 });
 
 await browser.close();

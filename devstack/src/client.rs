@@ -39,6 +39,37 @@ pub async fn build_if_stale(client: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// The headers the client's nginx adds to every answer, read from the file it includes
+/// (`client/security-headers.conf`): one `add_header NAME "VALUE" always;` per line.
+pub fn security_headers(client: &Path) -> Result<Vec<(String, String)>, Error> {
+    let file = client.join("security-headers.conf");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let headers = parse_security_headers(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(headers)
+}
+
+fn parse_security_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut headers = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let header = line
+            .strip_prefix("add_header ")
+            .and_then(|rest| rest.strip_suffix("\" always;"))
+            .and_then(|rest| rest.split_once(" \""))
+            .filter(|(name, value)| !name.contains(' ') && !value.contains('"'))
+            .ok_or_else(|| format!("line {}: not `add_header NAME \"VALUE\" always;`", n + 1))?;
+        headers.push((header.0.to_owned(), header.1.to_owned()));
+    }
+    if headers.is_empty() {
+        return Err("no add_header line".into());
+    }
+    Ok(headers)
+}
+
 async fn npm(dir: &Path, args: &[&str]) -> Result<(), Error> {
     let status = Command::new("npm")
         .args(args)
@@ -75,4 +106,31 @@ fn newest(path: &Path) -> Option<SystemTime> {
         .filter_map(|e| newest(&e.path()))
         .chain(meta.modified().ok())
         .max()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_clients_security_headers_are_read_from_the_file_its_nginx_includes() {
+        let headers =
+            security_headers(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../client")).unwrap();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap()
+        };
+        let policy = get("Content-Security-Policy");
+        assert!(policy.contains("default-src 'self'"), "{policy}");
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        assert!(!policy.contains("unsafe-inline"), "{policy}");
+        assert_eq!(get("X-Content-Type-Options"), "nosniff");
+        assert_eq!(get("Referrer-Policy"), "no-referrer");
+        assert!(parse_security_headers("add_header X-A \"b\";").is_err());
+        assert!(parse_security_headers("# nothing").is_err());
+    }
 }

@@ -130,15 +130,21 @@ fn uuid_like() -> String {
 }
 
 /// The client's static files, standing in for `client-srv`: what the client image's web
-/// server does, including the single-page-app fallback to index.html.
+/// server does, including the single-page-app fallback to index.html and its security
+/// headers (`client::security_headers`).
 pub fn serve_client(
     dist: std::path::PathBuf,
+    headers: Vec<(String, String)>,
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, Error> {
     let dist = Arc::new(dist);
     let server = HttpServer::new(move || {
         let index = dist.join("index.html");
-        App::new().service(
+        let security = headers.iter().fold(
+            actix_web::middleware::DefaultHeaders::new(),
+            |all, header| all.add(header.clone()),
+        );
+        App::new().wrap(security).service(
             actix_files::Files::new("/", dist.as_path())
                 .index_file("index.html")
                 .default_handler(actix_web::dev::fn_service(

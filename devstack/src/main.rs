@@ -355,6 +355,7 @@ impl Local<'_> {
     ) -> Result<(), Error> {
         servers.push(gateway::serve_client(
             self.root.join("client/dist"),
+            client::security_headers(&self.root.join("client"))?,
             listeners.client,
         )?);
         let mut services: HashMap<String, Arc<Endpoints>> = ports
