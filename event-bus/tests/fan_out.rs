@@ -198,9 +198,15 @@ async fn bus_restarted_mid_stream_loses_nothing_and_reorders_nothing() {
         redelivered.len() <= 20,
         "redelivered more than one batch: {redelivered:?}"
     );
-    assert!(redelivered
-        .iter()
-        .all(|&s| s as usize <= delivered_before_restart));
+    // The batch in flight at the stop may reach the subscriber just after the count was
+    // read (the bus stopped waiting for its answer, not the request): what comes again is
+    // at most that batch.
+    assert!(
+        redelivered
+            .iter()
+            .all(|&s| s as usize <= delivered_before_restart + 20),
+        "redelivered {redelivered:?}, though only {delivered_before_restart} had arrived at the stop"
+    );
     assert_eq!(whole_log(&bus).await.len(), 800);
     bus.stop().await;
 }
