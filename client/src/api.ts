@@ -1,24 +1,26 @@
 // The HTTP API, by relative URL only: whatever host serves the client also routes these
 // (the Ingress, the local gateway, or Vite's dev proxy).
 
-export type CommentStatus = 'pending' | 'approved' | 'rejected';
+// The shapes come from the public API's document (contract/openapi/public.json) through
+// src/generated/public-api.ts, which client/typegen generates and the test command checks
+// is current: a change to the document that the client does not follow fails its build.
+import type { components } from './generated/public-api';
+
+type Schemas = components['schemas'];
+
+export type CommentStatus = Schemas['Status'];
 
 /** A comment as the server sends it; `version` only comes with `CommentUpdated`. */
-export interface CommentData {
-  id: string;
-  content: string;
-  status: CommentStatus;
-  version?: number;
-}
+export type CommentData = Schemas['Comment'] & { version?: number };
 
-export interface PostData {
-  id: string;
-  title: string;
-  /** The latest comments (at most LATEST_COMMENTS), oldest first. */
-  comments: CommentData[];
-  /** How many comments the post has in all; absent from the course's services. */
-  commentCount?: number;
-}
+/**
+ * A post of `GET /posts`: the latest comments (at most LATEST_COMMENTS), oldest first.
+ * `commentCount` is optional here because the course's services do not send it.
+ */
+export type PostData = Omit<Schemas['Post'], 'commentCount'> & Partial<Pick<Schemas['Post'], 'commentCount'>>;
+
+/** One message of the live stream (`GET /posts/stream`). */
+export type StreamChange = Schemas['StreamChange'];
 
 /** The most comments a post carries in the view; the rest are paged on request. */
 export const LATEST_COMMENTS = 100;

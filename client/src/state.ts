@@ -2,7 +2,7 @@
 // live stream's events, and the answers to our own requests. All of them merge
 // idempotently, so the same fact arriving twice, or a snapshot racing the stream, is safe.
 
-import type { CommentData, CommentStatus, PostData } from './api';
+import type { CommentData, CommentStatus, PostData, StreamChange } from './api';
 
 export interface Comment {
   id: string;
@@ -35,12 +35,11 @@ export interface State {
   connection: Connection;
 }
 
-/** What the query service's live stream sends (unnamed `message` events). */
-export type StreamEvent =
-  | { type: 'PostCreated'; seq?: number; post: PostData }
-  | { type: 'CommentCreated'; seq?: number; comment: CommentData & { postId: string } }
-  | { type: 'CommentUpdated'; seq?: number; comment: CommentData & { postId: string; version: number } }
-  | { type: 'Resync' };
+/** What the query service's live stream sends (unnamed `message` events), as documented. */
+export type StreamEvent = StreamChange;
+
+/** A change to apply: from the stream, or our own post, answered before the stream tells. */
+type Change = StreamEvent | { type: 'PostCreated'; post: PostData };
 
 export type Action =
   /** A page of GET /posts (oldest first) that includes the newest posts. */
@@ -175,7 +174,7 @@ function withPost(state: State, post: Post): State {
   return { ...state, posts: { ...state.posts, [post.id]: post } };
 }
 
-function applyEvent(state: State, event: StreamEvent): State {
+function applyEvent(state: State, event: Change): State {
   switch (event.type) {
     case 'PostCreated': {
       const { id, title } = event.post;

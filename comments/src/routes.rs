@@ -30,7 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/posts/{id}/comments", web::get().to(list_comments))
         .route(
             "/openapi.json",
-            web::get().to(service_kit::http::public_api),
+            service_kit::http::openapi_document(contract::PUBLIC_API),
         );
 }
 

@@ -51,8 +51,28 @@ pub struct CommentUpdated {
     pub status: CommentStatus,
     /// Bumped by the comments service on every change, so a reader that sees an older
     /// version after a newer one (redelivery, replay) can ignore it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral")]
     pub version: i64,
+}
+
+/// A whole number however JSON writes it: `2` and `2.0` are the same number to JSON (and
+/// to JSON Schema's `integer`), though serde's i64 takes only the first.
+const EXACT_FLOATS: f64 = 9_007_199_254_740_992.0; // 2^53
+
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(whole) = number.as_i64() {
+        return Ok(whole);
+    }
+    match number.as_f64() {
+        // Within ±2^53 a float with no fraction is exactly one integer; beyond it, it may
+        // be a rounded larger one (-2^63-1 parses as the float -2^63).
+        Some(float) if float.fract() == 0.0 && float.abs() <= EXACT_FLOATS => Ok(float as i64),
+        _ => Err(D::Error::custom(format!(
+            "version must be an integer, not {number}"
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

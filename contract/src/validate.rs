@@ -36,7 +36,9 @@ impl Publication {
     /// Refuses what no consumer could store or read.
     pub fn check(&self) -> Result<(), InvalidEvent> {
         let kind = self.kind.as_str();
-        if kind.trim().is_empty() || kind.len() > MAX_TYPE_LEN || kind.chars().any(char::is_control)
+        if kind.trim().is_empty()
+            || kind.chars().count() > MAX_TYPE_LEN
+            || kind.chars().any(char::is_control)
         {
             return Err(invalid(
                 "type",

@@ -27,7 +27,11 @@ pub struct BusState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/events", web::post().to(publish))
         .route("/events", web::get().to(read_log))
-        .route("/subscriptions", web::get().to(subscriptions));
+        .route("/subscriptions", web::get().to(subscriptions))
+        .route(
+            "/openapi.json",
+            service_kit::http::openapi_document(contract::BUS_API),
+        );
 }
 
 /// Events per page when streaming the log, and the bytes a page may hold.

@@ -19,7 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/posts", web::get().to(list_posts))
         .route(
             "/openapi.json",
-            web::get().to(service_kit::http::public_api),
+            service_kit::http::openapi_document(contract::PUBLIC_API),
         );
 }
 

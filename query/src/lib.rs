@@ -32,7 +32,7 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
         heard_cache.invalidate();
         let change = match heard {
             Heard::Message(change) => change,
-            Heard::Missed => reactions::RESYNC.to_owned(),
+            Heard::Missed => contract::RESYNC.to_owned(),
         };
         // No receivers is fine: nobody is watching.
         let _ = heard_changes.send(change);

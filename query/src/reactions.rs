@@ -3,8 +3,7 @@
 //! replica's page cache and live streams hear of it once it commits — whichever replica
 //! applied it.
 
-use contract::{CommentUpdated, Envelope, Event};
-use serde_json::json;
+use contract::{CommentUpdated, Envelope, Event, StreamChange, RESYNC};
 use service_kit::consumer::Reactions;
 use service_kit::notify::{self, MAX_PAYLOAD};
 use sqlx::PgConnection;
@@ -13,9 +12,6 @@ use crate::store;
 
 /// The channel every replica listens on.
 pub const VIEW_CHANGES: &str = "query_view_changes";
-
-/// What a live stream sends when it cannot say exactly what changed: reload the view.
-pub const RESYNC: &str = r#"{"type":"Resync"}"#;
 
 pub struct ViewReactions;
 
@@ -32,25 +28,28 @@ impl Reactions for ViewReactions {
     ) -> Result<(), sqlx::Error> {
         let seq = envelope.seq;
         let change = match event {
-            Event::PostCreated(post) => store::add_post(conn, &post).await?.then(|| {
-                json!({"type": "PostCreated", "seq": seq, "post": {"id": post.id, "title": post.title, "comments": []}})
-            }),
-            Event::CommentCreated(comment) => store::add_comment(conn, &comment).await?.then(|| {
-                json!({"type": "CommentCreated", "seq": seq, "comment": {"id": comment.id, "postId": comment.post_id, "content": comment.content, "status": comment.status}})
-            }),
+            Event::PostCreated(post) => {
+                store::add_post(conn, &post)
+                    .await?
+                    .then(|| StreamChange::PostCreated {
+                        seq,
+                        post: post.into(),
+                    })
+            }
+            Event::CommentCreated(comment) => store::add_comment(conn, &comment)
+                .await?
+                .then_some(StreamChange::CommentCreated { seq, comment }),
             Event::CommentUpdated(comment) => {
                 let applied = store::update_comment(conn, &comment).await?;
                 if !applied {
                     tracing::debug!(comment_id = %comment.id, version = comment.version, "stale update ignored");
                 }
-                applied.then(|| {
-                    json!({"type": "CommentUpdated", "seq": seq, "comment": {"id": comment.id, "postId": comment.post_id, "content": comment.content, "status": comment.status, "version": comment.version}})
-                })
+                applied.then_some(StreamChange::CommentUpdated { seq, comment })
             }
             Event::CommentModerated(_) => None,
         };
         if let Some(change) = change {
-            let text = change.to_string();
+            let text = change.to_json();
             // Too big to notify: the streams are told to reload, which is always correct.
             let payload = if text.len() <= MAX_PAYLOAD {
                 text.as_str()

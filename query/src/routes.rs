@@ -25,7 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/posts/{id}", web::get().to(one_post))
         .route(
             "/openapi.json",
-            web::get().to(service_kit::http::public_api),
+            service_kit::http::openapi_document(contract::PUBLIC_API),
         );
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
+use contract::RESYNC;
 use contract::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
-use query::reactions::{ViewReactions, RESYNC, VIEW_CHANGES};
+use query::reactions::{ViewReactions, VIEW_CHANGES};
 use query::store;
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;

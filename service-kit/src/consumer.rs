@@ -959,6 +959,13 @@ async fn receive<H: Reactions>(
             ))
         })?),
     };
+    // The log counts from 1; anything else is not from a bus (and would overflow below).
+    if let Some(index) = batch.iter().position(|envelope| envelope.seq < 1) {
+        return Err(ApiError::Validation {
+            message: format!("event {index}: seq must be 1 or more"),
+            field: format!("[{index}].seq"),
+        });
+    }
     let outcome = consumer.deliver_covering(batch, covers).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "applied": outcome.applied,

@@ -189,15 +189,18 @@ pub async fn until_schema_ready(
         .map(ServiceResponse::map_into_left_body)
 }
 
-/// Registers `GET /healthz` (the process is alive) and `GET /readyz` (database reachable,
-/// migrations applied, caught up), shared by every service.
-/// `GET /openapi.json` of a public service: the public API's document.
-pub async fn public_api() -> actix_web::HttpResponse {
-    actix_web::HttpResponse::Ok()
-        .content_type("application/json")
-        .body(contract::PUBLIC_API)
+/// `GET /openapi.json`: the OpenAPI document of the API the service serves
+/// (`contract::PUBLIC_API`, or the bus's `contract::BUS_API`).
+pub fn openapi_document(document: &'static str) -> actix_web::Route {
+    web::get().to(move || async move {
+        actix_web::HttpResponse::Ok()
+            .content_type("application/json")
+            .body(document)
+    })
 }
 
+/// Registers `GET /healthz` (the process is alive) and `GET /readyz` (database reachable,
+/// migrations applied, caught up), shared by every service.
 pub fn health_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));

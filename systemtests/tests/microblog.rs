@@ -116,17 +116,19 @@ async fn a_course_format_event_posted_to_the_bus_shows_up_in_the_view() {
         stack.view().await["abc"],
         json!({"id": "abc", "title": "t", "comments": [], "commentCount": 0})
     );
-    // Each public service serves the public API's document, the one scripts/fuzz-api
-    // holds them to.
-    for service in ["posts", "comments", "query"] {
+    // Each public service serves the public API's document and the bus its own: the ones
+    // scripts/fuzz-api holds them to.
+    for (service, expected) in [
+        ("posts", contract::PUBLIC_API),
+        ("comments", contract::PUBLIC_API),
+        ("query", contract::PUBLIC_API),
+        ("event-bus", contract::BUS_API),
+    ] {
         let document = stack
             .get_json(&format!("{}/openapi.json", stack.url(service)))
             .await;
         assert_eq!(document["openapi"], "3.1.0", "{service}");
-        assert_eq!(
-            document,
-            serde_json::from_str::<Value>(contract::PUBLIC_API).unwrap()
-        );
+        assert_eq!(document, serde_json::from_str::<Value>(expected).unwrap());
     }
 }
 
