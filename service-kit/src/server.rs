@@ -292,7 +292,7 @@ where
             return std::process::ExitCode::from(2);
         }
     };
-    crate::telemetry::init(log_format(&config));
+    crate::telemetry::init(name, log_format(&config));
     let application = match build(config).await {
         Ok(application) => application,
         Err(error) => {
