@@ -55,10 +55,10 @@ pub struct CommentUpdated {
     pub version: i64,
 }
 
-/// A whole number however JSON writes it: `2` and `2.0` are the same number to JSON (and
-/// to JSON Schema's `integer`), though serde's i64 takes only the first.
 const EXACT_FLOATS: f64 = 9_007_199_254_740_992.0; // 2^53
 
+/// A whole number however JSON writes it: `2` and `2.0` are the same number to JSON (and
+/// to JSON Schema's `integer`), though serde's i64 takes only the first.
 fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     use serde::de::Error;
     let number = serde_json::Number::deserialize(deserializer)?;

@@ -1,6 +1,6 @@
 //! The event contract of the microblog: the typed events, the envelope the bus stores
-//! and delivers, the bus's answer to a publish, the live stream's messages, batch limits, the trace
-//! context and the OpenAPI documents of the public and the bus's APIs.
+//! and delivers, the bus's answer to a publish, the live stream's messages, batch limits,
+//! the trace context and the OpenAPI documents of the public and the bus's APIs.
 //! Plain data and JSON only — no web framework, no database — so anything can depend
 //! on it: every service, the bus, the tests and the load tool.
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use contract::RESYNC;
-use contract::{CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated};
+use contract::{
+    CommentCreated, CommentStatus, CommentUpdated, Envelope, Event, PostCreated, RESYNC,
+};
 use query::reactions::{ViewReactions, VIEW_CHANGES};
 use query::store;
 use serde_json::{json, Value};

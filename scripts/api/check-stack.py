@@ -38,7 +38,7 @@ def fail(message):
     sys.exit(1)
 
 
-def delivered(url, token):
+def delivered(url, consumers, token):
     """Waits until every subscriber is at the head with nothing parked."""
     deadline = time.monotonic() + DEADLINE_S
     while True:
@@ -99,6 +99,6 @@ if __name__ == "__main__":
     token = sys.argv[2]
     url = {s["name"]: f"http://127.0.0.1:{s['port']}" for s in topology["services"]}
     consumers = [s["name"] for s in topology["services"] if s["consumesEvents"]]
-    delivered(url, token)
+    delivered(url, consumers, token)
     if "--rows" in sys.argv[3:]:
         rows_match_the_log(url, token)
