@@ -94,6 +94,20 @@ impl CommentStatus {
 }
 
 impl Event {
+    /// Every type the contract defines, by its wire name.
+    pub const KINDS: [&'static str; 4] = [
+        "PostCreated",
+        "CommentCreated",
+        "CommentModerated",
+        "CommentUpdated",
+    ];
+
+    /// `kind` as one of the contract's types, if it is one: a label that stays bounded
+    /// whatever types publishers invent.
+    pub fn known_kind(kind: &str) -> Option<&'static str> {
+        Self::KINDS.iter().copied().find(|known| *known == kind)
+    }
+
     /// The wire name of the event's type, as in the envelope's `type` field.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -16,6 +16,7 @@ use service_kit::shutdown::ShutdownSignal;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::metrics::{FailureLabels, SubscriberLabels, BUS};
 use crate::store::{Store, StoredEvent};
 
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ struct DeliveryFailure {
     message: String,
     /// The subscriber answered that this log diverged from the one it applied.
     diverged: bool,
+    /// For the metrics: the subscriber's status, `unreachable` or `diverged`.
+    reason: String,
 }
 
 struct Delivery {
@@ -147,8 +150,17 @@ impl Delivery {
                 // Abandoning the request is safe: the batch is redelivered after restart.
                 _ = signal.triggered() => return,
             };
+            let labels = SubscriberLabels {
+                subscriber: name.to_owned(),
+            };
+            BUS.delivery_duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
             match sent {
                 Ok(answered_wants) => {
+                    BUS.delivered
+                        .get_or_create(&labels)
+                        .inc_by(pending.len() as u64);
                     let first = cursor + 1;
                     cursor = considered;
                     backoff.reset();
@@ -172,6 +184,12 @@ impl Delivery {
                     unwanted_since = None;
                 }
                 Err(failure) => {
+                    BUS.delivery_failures
+                        .get_or_create(&FailureLabels {
+                            subscriber: labels.subscriber,
+                            reason: failure.reason.clone(),
+                        })
+                        .inc();
                     let delay = backoff.next_delay();
                     self.failed(&failure.message).await;
                     let error = failure.message.as_str();
@@ -215,6 +233,7 @@ impl Delivery {
         let response = request.send().await.map_err(|e| DeliveryFailure {
             message: error_chain(&e),
             diverged: false,
+            reason: "unreachable".to_owned(),
         })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
@@ -224,14 +243,20 @@ impl Delivery {
             return Ok(answer.and_then(|a| serde_json::from_value(a["wants"].clone()).ok()));
         }
         let code = answer.and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
+        let diverged =
+            status == reqwest::StatusCode::CONFLICT && code.as_deref() == Some(LOG_DIVERGED);
         Err(DeliveryFailure {
             message: format!(
                 "{} answered {status}: {}",
                 self.subscriber.url,
                 text.chars().take(500).collect::<String>()
             ),
-            diverged: status == reqwest::StatusCode::CONFLICT
-                && code.as_deref() == Some(LOG_DIVERGED),
+            diverged,
+            reason: if diverged {
+                "diverged".to_owned()
+            } else {
+                status.as_u16().to_string()
+            },
         })
     }
 

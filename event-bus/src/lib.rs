@@ -5,6 +5,7 @@
 pub mod config;
 pub mod delivery;
 pub mod leader;
+pub mod metrics;
 pub mod routes;
 pub mod store;
 mod tail;
@@ -50,16 +51,28 @@ pub async fn build(config: BusConfig) -> Result<Application, StartError> {
         move |term| delivery::spawn_all(&subscribers, &loop_store, &loop_head, &delivery, &term),
         shutdown.signal(),
     );
+    let subscriber_names: Vec<String> = config.subscribers.iter().map(|s| s.name.clone()).collect();
+    let mut settings = ServerSettings::on_port(config.service.port);
+    settings.body_limit = contract::PUBLISH_LIMIT;
+    std::sync::LazyLock::force(&metrics::BUS);
+    let (read_store, read_names, read_leading) =
+        (store.clone(), subscriber_names.clone(), leading.clone());
+    settings.readings.add(move || {
+        let (store, names, leading) =
+            (read_store.clone(), read_names.clone(), read_leading.clone());
+        async move {
+            metrics::BUS.leading.set(i64::from(*leading.borrow()));
+            metrics::BUS.read(&store, &names).await
+        }
+    });
     let state = web::Data::new(BusState {
         writer,
         store,
-        subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
+        subscribers: subscriber_names,
         replica,
         leading,
     });
     let auth = EventsAuth::from_token(config.service.event_bus_token.as_deref());
-    let mut settings = ServerSettings::on_port(config.service.port);
-    settings.body_limit = contract::PUBLISH_LIMIT;
     Application::start(
         settings,
         Readiness::database(database),

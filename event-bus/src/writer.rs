@@ -11,6 +11,7 @@ use service_kit::shutdown::ShutdownSignal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::metrics::BUS;
 use crate::store::Store;
 
 /// Publications appended in one transaction at most (a single larger request still goes
@@ -114,6 +115,7 @@ async fn commit_group(
         replies.push(job.reply);
         publications.extend(job.publications);
     }
+    BUS.group_commit.observe(total as f64);
     let known_head = *head.borrow();
     match store.append(&publications, known_head).await {
         Ok(accepted) => {
@@ -153,7 +155,10 @@ async fn commit_group(
     }
 }
 
+/// Moves the head past what was appended, and counts it.
 fn announce(head: &watch::Sender<i64>, accepted: &[Accepted]) {
+    let appended = accepted.iter().filter(|a| !a.duplicate).count();
+    BUS.appended.inc_by(appended as u64);
     if let Some(last) = accepted.iter().map(|a| a.seq).max() {
         advance_head(head, last);
     }

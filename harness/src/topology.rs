@@ -101,8 +101,9 @@ pub const CLIENT: Client = Client {
 };
 
 /// Where the Ingress (and the local gateway, which applies it) must send each public
-/// request path: the course's routes, and `/events` never reachable from outside.
-pub const PUBLIC_ROUTES: [(&str, &str); 14] = [
+/// request path: the course's routes, and `/events` (nor the operators' `/parked` and
+/// `/metrics`) never reachable from outside.
+pub const PUBLIC_ROUTES: [(&str, &str); 15] = [
     ("/posts/create", "posts-clusterip-srv"),
     ("/posts/0190b8a4/comments", "comments-srv"),
     ("/posts/abc123/comments", "comments-srv"),
@@ -117,6 +118,7 @@ pub const PUBLIC_ROUTES: [(&str, &str); 14] = [
     ("/events/", "client-srv"),
     ("/subscriptions", "client-srv"),
     ("/parked", "client-srv"),
+    ("/metrics", "client-srv"),
 ];
 
 /// What every service reads.

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use crate::metrics::QUERY;
+
 /// `?limit=` and `?before=` of a `GET /posts`.
 pub type PageKey = (Option<i64>, Option<String>);
 
@@ -36,12 +38,16 @@ impl ViewCache {
         Fut: Future<Output = Result<String, E>>,
     {
         if let Some(page) = self.fresh(&key) {
+            QUERY.looked_up("hit");
             return Ok(page);
         }
         let _rendering = self.rendering.lock().await;
         if let Some(page) = self.fresh(&key) {
+            // Rendered by the reader this one waited for.
+            QUERY.looked_up("hit");
             return Ok(page);
         }
+        QUERY.looked_up("miss");
         // Read before rendering: a change that commits during the render bumps the
         // generation, so this page is never served as current after it.
         let generation = self.generation.load(Ordering::SeqCst);

@@ -2,6 +2,7 @@
 //! course's shape, pushed live over Server-Sent Events, rebuildable from the log.
 
 pub mod cache;
+pub mod metrics;
 pub mod reactions;
 pub mod routes;
 pub mod store;
@@ -24,6 +25,7 @@ pub fn config_from_env(env: &Env) -> Result<BusUserConfig, ConfigError> {
 
 pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let mut startup = Startup::connect(config, &MIGRATOR).await?;
+    std::sync::LazyLock::force(&metrics::QUERY);
     let (changes, _) = broadcast::channel(4096);
     let cache = std::sync::Arc::new(cache::ViewCache::default());
     let (heard_changes, heard_cache) = (changes.clone(), cache.clone());

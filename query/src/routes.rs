@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::broadcast;
 
 use crate::cache::ViewCache;
+use crate::metrics::StreamClient;
 use crate::store;
 
 pub struct QueryState {
@@ -90,8 +91,10 @@ async fn stream(state: web::Data<QueryState>) -> HttpResponse {
         shutdown: ShutdownSignal,
         heartbeat: tokio::time::Interval,
         greeted: bool,
+        _counted: StreamClient,
     }
     let live = Live {
+        _counted: StreamClient::connected(),
         changes: state.changes.subscribe(),
         shutdown: state.shutdown.clone(),
         heartbeat: tokio::time::interval(Duration::from_secs(15)),

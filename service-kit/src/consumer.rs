@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::error::{error_chain, ApiError, DatabaseFailure};
 use crate::http::{Authorized, BodyLimit, EventsAuth, JsonBody};
+use crate::metrics;
 use crate::outbox::{self, OutboxWaker};
 use crate::server::Readiness;
 use crate::shutdown::ShutdownSignal;
@@ -157,6 +158,13 @@ impl<H: Reactions> Consumer<H> {
 
     pub async fn cursor(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT seq FROM consumer_cursor")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// The cursor and how many events are parked, as the metrics show them.
+    pub async fn position(&self) -> Result<(i64, i64), sqlx::Error> {
+        sqlx::query_as("SELECT seq, (SELECT count(*) FROM parked_events) FROM consumer_cursor")
             .fetch_one(&self.pool)
             .await
     }
@@ -331,6 +339,7 @@ impl<H: Reactions> Consumer<H> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        metrics::CONSUMER.count(&envelope.kind, "parked");
         tracing::error!(
             seq = envelope.seq,
             event_id = %envelope.id,
@@ -408,17 +417,22 @@ impl<H: Reactions> Consumer<H> {
         covers: Option<Covers>,
         together: bool,
     ) -> Result<DeliveryOutcome, ConsumerError> {
+        let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         let (applied, appended) =
             outbox::collecting(self.apply_in(&mut tx, batch, covers, together)).await;
         match applied {
-            Ok(outcome) => {
+            Ok((outcome, tally)) => {
                 tx.commit().await?;
                 if let Some(relay) = &self.relay {
                     for row in appended {
                         relay.hand(row);
                     }
                 }
+                tally.count();
+                metrics::CONSUMER
+                    .apply_duration
+                    .observe(started.elapsed().as_secs_f64());
                 Ok(outcome)
             }
             Err(error) => {
@@ -436,7 +450,7 @@ impl<H: Reactions> Consumer<H> {
         batch: &[Envelope],
         covers: Option<Covers>,
         together: bool,
-    ) -> Result<DeliveryOutcome, ConsumerError> {
+    ) -> Result<(DeliveryOutcome, Tally), ConsumerError> {
         // Committed without waiting for the WAL flush: a commit that a crash of the
         // database loses leaves the cursor behind the bus's, and that range is read again
         // from the bus (the hole filling below, or the next catch-up); what it published
@@ -455,6 +469,7 @@ impl<H: Reactions> Consumer<H> {
             cursor: start,
             run: Vec::new(),
             applied: 0,
+            tally: Tally::default(),
         };
         let mut skipped = 0;
         let mut last_applied = None;
@@ -477,6 +492,7 @@ impl<H: Reactions> Consumer<H> {
                     checked_start = true;
                 }
                 skipped += 1;
+                filling.tally.skipped(envelope);
                 continue;
             }
             if covers.is_none() {
@@ -485,7 +501,7 @@ impl<H: Reactions> Consumer<H> {
             }
             filling.cursor = envelope.seq;
             last_applied = Some(envelope.id);
-            filling.run.push(envelope.clone());
+            filling.push(envelope.clone(), self.handler.wants());
         }
         filling.applied += self.apply_run(&mut *tx, &filling.run, together).await?;
         let mut cursor = filling.cursor;
@@ -518,11 +534,12 @@ impl<H: Reactions> Consumer<H> {
                 .execute(&mut *tx)
                 .await?;
         }
-        Ok(DeliveryOutcome {
+        let outcome = DeliveryOutcome {
             applied: filling.applied,
             skipped,
             cursor,
-        })
+        };
+        Ok((outcome, filling.tally))
     }
 
     /// Reads what the bus has between the cursor and `next` (exclusive) into the run,
@@ -557,7 +574,7 @@ impl<H: Reactions> Consumer<H> {
                     });
                 }
                 filling.cursor = earlier.seq;
-                filling.run.push(earlier);
+                filling.push(earlier, self.handler.wants());
             }
             if filling.run.len() >= PAGE as usize {
                 filling.applied += self.apply_run(&mut *tx, &filling.run, together).await?;
@@ -674,7 +691,12 @@ impl<H: Reactions> Consumer<H> {
                         .await?
                 }
             };
-            goal = goal.or(page.head);
+            if goal.is_none() {
+                goal = page.head;
+                if let Some(goal) = goal {
+                    metrics::CONSUMER.catch_up_goal.set(goal);
+                }
+            }
             if cursor == 0 && page.events.is_empty() {
                 return Ok(cursor);
             }
@@ -786,6 +808,49 @@ struct Filling {
     cursor: i64,
     run: Vec<Envelope>,
     applied: usize,
+    tally: Tally,
+}
+
+impl Filling {
+    fn push(&mut self, envelope: Envelope, wants: Option<&[&str]>) {
+        self.tally.taken(&envelope, wants);
+        self.run.push(envelope);
+    }
+}
+
+/// What a delivery did with the events of each type, counted in the metrics once it
+/// commits.
+#[derive(Default)]
+struct Tally(std::collections::HashMap<(&'static str, &'static str), u64>);
+
+impl Tally {
+    /// An event past the cursor: applied if this service takes its type, else passed over.
+    fn taken(&mut self, envelope: &Envelope, wants: Option<&[&str]>) {
+        let kind = Event::known_kind(&envelope.kind);
+        let takes = kind.is_some_and(|kind| wants.is_none_or(|wants| wants.contains(&kind)));
+        self.add(kind, if takes { "applied" } else { "skipped" });
+    }
+
+    /// An event at or below the cursor: a redelivery.
+    fn skipped(&mut self, envelope: &Envelope) {
+        self.add(Event::known_kind(&envelope.kind), "skipped");
+    }
+
+    fn add(&mut self, kind: Option<&'static str>, outcome: &'static str) {
+        *self
+            .0
+            .entry((kind.unwrap_or("other"), outcome))
+            .or_default() += 1;
+    }
+
+    fn count(self) {
+        for ((r#type, outcome), events) in self.0 {
+            metrics::CONSUMER
+                .events
+                .get_or_create(&metrics::EventLabels { r#type, outcome })
+                .inc_by(events);
+        }
+    }
 }
 
 /// Catches up with the bus (retrying while it is unreachable), then marks the service

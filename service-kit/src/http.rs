@@ -123,7 +123,8 @@ impl FromRequest for RequestTrace {
 }
 
 /// Middleware: one log line per request (method, path, status, latency) inside a span
-/// that carries the request id and trace id, so every line a handler logs has them too.
+/// that carries the request id and trace id, so every line a handler logs has them too;
+/// and the request counted in the HTTP metrics by its route's template.
 pub async fn log_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -145,15 +146,17 @@ pub async fn log_requests(
         .unwrap_or_else(TraceParent::new_root);
     let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace.trace_id);
     req.extensions_mut().insert(trace);
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let path = req.path().to_owned();
-    let quiet = path == "/healthz" || path == "/readyz";
+    let quiet = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
     let result = next.call(req).instrument(span.clone()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let status = match &result {
-        Ok(res) => res.status().as_u16(),
-        Err(err) => err.as_response_error().status_code().as_u16(),
+    let took = started.elapsed();
+    let latency_ms = took.as_secs_f64() * 1000.0;
+    let (status, route) = match &result {
+        Ok(res) => (res.status().as_u16(), res.request().match_pattern()),
+        Err(err) => (err.as_response_error().status_code().as_u16(), None),
     };
+    crate::metrics::HTTP.answered(&method, route.as_deref(), status, took);
     span.in_scope(|| {
         // Probes come many times a minute; their answers are in /readyz itself.
         if quiet {
@@ -165,7 +168,8 @@ pub async fn log_requests(
     result
 }
 
-/// Middleware: until the schema is up to date, every request but the health checks is
+/// Middleware: until the schema is up to date, every request but the health checks (and
+/// the metrics) is
 /// answered 503 with `Retry-After`, as a proxy answers for a Service with no ready pod —
 /// never a 500 from a query against tables that do not exist yet.
 pub async fn until_schema_ready(
@@ -175,7 +179,7 @@ pub async fn until_schema_ready(
     let starting = req
         .app_data::<web::Data<crate::server::Readiness>>()
         .is_some_and(|readiness| !readiness.schema_ready());
-    let health = matches!(req.path(), "/healthz" | "/readyz");
+    let health = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
     if starting && !health {
         let error = ApiError::Unavailable("starting: the database is not reachable yet".into());
         let mut response = actix_web::ResponseError::error_response(&error);

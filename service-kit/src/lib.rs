@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod server;

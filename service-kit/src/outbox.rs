@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -15,8 +15,9 @@ use crate::backoff::Backoff;
 use crate::bus::{BusClient, BusError};
 use crate::db::Database;
 use crate::error::error_chain;
+use crate::metrics;
 use crate::shutdown::ShutdownSignal;
-use contract::{cap_batch_bytes, json_array, Publication};
+use contract::{cap_batch_bytes, json_array, Accepted, Publication};
 
 /// Rows a relay publishes in one request.
 const BATCH: i64 = 500;
@@ -244,7 +245,7 @@ impl OutboxRelay {
     async fn publish_handed(&self, mut handed: Vec<OutboxRow>) -> Result<Published, RelayError> {
         cap_batch_bytes(&mut handed, |row| &row.publication);
         let body = json_array(handed.iter().map(|row| row.publication.as_str()));
-        self.bus.publish_json_array(body).await?;
+        self.publish(body, handed.len()).await?;
         let ids: Vec<uuid::Uuid> = handed.iter().map(|row| row.event_id).collect();
         let mut tx = self.database.pool.begin().await?;
         // Not waiting for the flush: a lost delete publishes the row again, and the bus
@@ -295,7 +296,7 @@ impl OutboxRelay {
         }
         cap_batch_bytes(&mut rows, |(_, publication)| publication);
         let body = json_array(rows.iter().map(|(_, p)| p.as_str()));
-        let accepted = self.bus.publish_json_array(body).await?;
+        let accepted = self.publish(body, rows.len()).await?;
         // Delete by position, never by range: a transaction still in flight may own a
         // lower position, and its row must stay until it is published.
         let positions: Vec<i64> = rows.iter().map(|(p, _)| *p).collect();
@@ -313,6 +314,33 @@ impl OutboxRelay {
             );
         }
         Ok(Published::Rows(rows.len()))
+    }
+
+    /// One publish of `events` events, timed and counted by how the bus answered.
+    async fn publish(&self, body: String, events: usize) -> Result<Vec<Accepted>, BusError> {
+        let started = Instant::now();
+        let answer = self.bus.publish_json_array(body).await;
+        let outbox = &metrics::OUTBOX;
+        outbox
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &answer {
+            Ok(_) => {
+                outbox.published.inc_by(events as u64);
+            }
+            Err(error) => {
+                let status = match error {
+                    BusError::Status { status, .. } => status.to_string(),
+                    BusError::Transport(_) => "unreachable".to_owned(),
+                    BusError::Decode(_) => "unreadable".to_owned(),
+                };
+                outbox
+                    .failures
+                    .get_or_create(&metrics::StatusLabels { status })
+                    .inc();
+            }
+        }
+        answer
     }
 
     /// Rows still waiting to be published.

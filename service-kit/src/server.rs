@@ -1,10 +1,10 @@
-//! Server start-up shared by every service: bind (port 0 in tests), health routes, request
-//! logging, JSON body limit, and graceful shutdown that stops accepting, lets in-flight
+//! Server start-up shared by every service: bind (port 0 in tests), health routes and
+//! metrics, request logging, JSON body limit, and graceful shutdown that stops accepting, lets in-flight
 //! requests finish, then stops the background tasks and waits for them.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::db::Database;
 use crate::error::ApiError;
 use crate::http::{health_routes, log_requests, until_schema_ready, BodyLimit, DEFAULT_BODY_LIMIT};
+use crate::metrics::{self, Readings};
 use crate::outbox::Refusals;
 use crate::shutdown::Shutdown;
 
@@ -124,6 +125,8 @@ pub struct ServerSettings {
     pub body_limit: usize,
     /// How long in-flight requests (and open streams) get to finish on shutdown.
     pub grace: Duration,
+    /// What `GET /metrics` reads before it answers.
+    pub readings: Readings,
 }
 
 impl ServerSettings {
@@ -132,6 +135,7 @@ impl ServerSettings {
             port,
             body_limit: DEFAULT_BODY_LIMIT,
             grace: Duration::from_secs(10),
+            readings: Readings::default(),
         }
     }
 }
@@ -174,13 +178,18 @@ impl Application {
         let port = listener.local_addr()?.port();
         let readiness = web::Data::new(readiness);
         let body_limit = BodyLimit(settings.body_limit);
+        let readings = web::Data::new(settings.readings);
+        LazyLock::force(&metrics::HTTP);
+        LazyLock::force(&metrics::POOL);
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(until_schema_ready))
                 .wrap(from_fn(log_requests))
                 .app_data(readiness.clone())
+                .app_data(readings.clone())
                 .app_data(body_limit)
                 .configure(health_routes)
+                .route("/metrics", web::get().to(metrics::endpoint))
                 .configure(routes.clone())
         })
         .disable_signals()

@@ -13,6 +13,7 @@ use crate::config::{BusUserConfig, ServiceConfig};
 use crate::consumer::{self, Consumer, ConsumerRoutes, Reactions};
 use crate::db::{self, Database};
 use crate::http::EventsAuth;
+use crate::metrics::{self, Readings};
 use crate::notify::{self, Heard};
 use crate::outbox::{OutboxRelay, OutboxWaker};
 use crate::server::{Application, Readiness, ServerSettings, StartError};
@@ -24,6 +25,7 @@ pub struct Startup {
     pub bus: BusClient,
     config: BusUserConfig,
     readiness: Readiness,
+    readings: Readings,
     shutdown: Shutdown,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -45,6 +47,7 @@ impl Startup {
         );
         Ok(Self {
             readiness: Readiness::database(database.clone()),
+            readings: Readings::default(),
             pool: database.pool.clone(),
             database,
             bus,
@@ -58,6 +61,17 @@ impl Startup {
     pub fn start_outbox_relay(&mut self) -> OutboxWaker {
         let relay = OutboxRelay::new(self.database.clone(), self.bus.clone());
         self.readiness.report_relay(relay.refusals());
+        std::sync::LazyLock::force(&metrics::OUTBOX);
+        let pool = self.pool.clone();
+        self.readings.add(move || {
+            let pool = pool.clone();
+            async move {
+                metrics::OUTBOX
+                    .pending
+                    .set(OutboxRelay::pending(&pool).await?);
+                Ok(())
+            }
+        });
         let waker = relay.waker();
         self.tasks.push(relay.spawn(self.shutdown.signal()));
         waker
@@ -67,6 +81,19 @@ impl Startup {
     pub fn start_consumer<H: Reactions>(&mut self, consumer: Consumer<H>) -> ConsumerRoutes<H> {
         let consumer = Arc::new(consumer);
         self.readiness.wait_for_catch_up();
+        std::sync::LazyLock::force(&metrics::CONSUMER);
+        let (reading, readiness) = (consumer.clone(), self.readiness.clone());
+        self.readings.add(move || {
+            let (consumer, readiness) = (reading.clone(), readiness.clone());
+            async move {
+                let gauges = &metrics::CONSUMER;
+                gauges.caught_up.set(i64::from(readiness.is_marked_ready()));
+                let (cursor, parked) = consumer.position().await?;
+                gauges.cursor.set(cursor);
+                gauges.parked.set(parked);
+                Ok(())
+            }
+        });
         self.tasks.push(consumer::spawn_catch_up(
             consumer.clone(),
             self.readiness.clone(),
@@ -102,8 +129,10 @@ impl Startup {
     where
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
+        let mut settings = ServerSettings::on_port(self.config.service.port);
+        settings.readings = self.readings;
         Ok(Application::start(
-            ServerSettings::on_port(self.config.service.port),
+            settings,
             self.readiness,
             routes,
             self.shutdown,
