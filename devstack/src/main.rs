@@ -6,6 +6,7 @@
 mod client;
 mod gateway;
 mod ingress;
+mod observe;
 mod postgres;
 mod ratelimit;
 
@@ -23,16 +24,19 @@ use harness::topology::{self, CLIENT, SERVICES};
 use tokio::sync::watch;
 
 use crate::ingress::Ingress;
+use crate::observe::Observer;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str =
-    "usage: cargo run -p devstack -- [--port N] [--replicas N] [--fresh] [--data DIR]
+    "usage: cargo run -p devstack -- [--port N] [--replicas N] [--observe] [--fresh] [--data DIR]
        cargo run -p devstack -- topology --json
 
   --port N      the gateway's port (default 8080)
   --replicas N  instances of every service (default 1; up to 8), behind a proxy on the
                 service's port that spreads requests across the ready ones
+  --observe     also run Prometheus (Debian's prometheus package) on port 9090, scraping
+                every instance, with the rules and alerts of infra/prometheus/rules.yml
   --fresh       delete the local data and start empty
   --data DIR    where the local data lives (default .devstack/ in the repository)
 
@@ -47,6 +51,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(120);
 struct Options {
     port: u16,
     replicas: usize,
+    observe: bool,
     fresh: bool,
     data: Option<PathBuf>,
 }
@@ -60,6 +65,7 @@ fn command() -> Result<Command, String> {
     let mut options = Options {
         port: 8080,
         replicas: 1,
+        observe: false,
         fresh: false,
         data: None,
     };
@@ -74,6 +80,7 @@ fn command() -> Result<Command, String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--fresh" => options.fresh = true,
+            "--observe" => options.observe = true,
             "--port" => {
                 options.port = args
                     .next()
@@ -314,11 +321,22 @@ impl Local<'_> {
         if outcome.is_ok() {
             outcome = unless_interrupted(&interrupted, stack.start()).await;
         }
+        let mut observer = None;
+        if outcome.is_ok() && self.options.observe {
+            let started = Observer::start(self.root, self.data_dir, &stack);
+            match unless_interrupted(&interrupted, started).await {
+                Ok(started) => observer = Some(started),
+                Err(error) => outcome = Err(error),
+            }
+        }
         if outcome.is_ok() {
             self.announce(&token, &hosts);
             let _ = interrupted.wait_for(|i| *i).await;
         }
         say("devstack: stopping (SIGTERM to every service, then waiting for each)");
+        if let Some(observer) = observer {
+            observer.stop().await;
+        }
         for server in servers {
             server.stop(false).await;
         }
@@ -381,6 +399,12 @@ impl Local<'_> {
             "  PostgreSQL: {}/<service>   Event bus token: {token}",
             self.postgres.url()
         ));
+        if self.options.observe {
+            say(&format!(
+                "  Prometheus: {}/ (targets: /targets, alerts: /alerts; rules from infra/prometheus/rules.yml)",
+                observe::url()
+            ));
+        }
         say(&format!(
             "  Ctrl-C stops everything; your data stays in {}",
             self.data_dir.display()

@@ -91,6 +91,7 @@ pub enum Log {
 pub struct Program {
     pub label: String,
     pub binary: PathBuf,
+    pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub log: Log,
     /// Restart it when it exits without being asked to.
@@ -383,6 +384,7 @@ async fn requested(requests: &mut watch::Receiver<Option<StopRequest>>) -> StopR
 fn spawn(program: &Program) -> std::io::Result<Child> {
     let mut command = Command::new(&program.binary);
     command
+        .args(&program.args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(program.env.iter().map(|(k, v)| (k, v)))

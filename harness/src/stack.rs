@@ -233,6 +233,7 @@ impl Stack {
             let mut program = Program {
                 label,
                 binary,
+                args: Vec::new(),
                 env: Vec::new(),
                 log,
                 supervised: options.supervised,

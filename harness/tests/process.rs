@@ -23,6 +23,7 @@ fn program(label: &str, body: &str, supervised: bool) -> (Process, PathBuf) {
     let program = Program {
         label: label.to_owned(),
         binary: script,
+        args: Vec::new(),
         env: Vec::new(),
         log: Log::File(log.clone()),
         supervised,

@@ -464,7 +464,17 @@ def cases(topology: checks.Topology) -> list[Case]:
             "a NetworkPolicy selecting nothing",
             "refs",
             lambda r: edit(r, "infra/k8s/network-policies.yaml", "      app: moderation\n  policyTypes", "      app: moderator\n  policyTypes"),
-            [r"NetworkPolicy/moderation-allow.*podSelector .*'moderator'.* selects no pod template", r"Deployment/moderation-depl.*no NetworkPolicy allows any traffic"],
+            # (moderation is still reached by metrics-allow-monitoring, so no "no policy" error)
+            [r"NetworkPolicy/moderation-allow.*podSelector .*'moderator'.* selects no pod template"],
+        ),
+        Case(
+            "a Deployment no NetworkPolicy lets anything reach",
+            "refs",
+            lambda r: (
+                edit(r, "infra/k8s/network-policies.yaml", "      app: moderation\n  policyTypes", "      app: moderator\n  policyTypes"),
+                edit(r, "infra/k8s/network-policies.yaml", "values: [posts, comments, query, moderation, event-bus]", "values: [posts, comments, query, event-bus]"),
+            ),
+            [r"Deployment/moderation-depl.*no NetworkPolicy allows any traffic"],
         ),
         Case(
             "a workspace member left out of the Docker build context",
