@@ -12,6 +12,7 @@ use service_kit::backoff::Backoff;
 use service_kit::config::Subscriber;
 use service_kit::consumer::{Covers, COVERS_HEADER};
 use service_kit::error::{error_chain, LOG_DIVERGED};
+use service_kit::otlp;
 use service_kit::shutdown::ShutdownSignal;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -219,22 +220,29 @@ impl Delivery {
         covers: Option<Covers>,
     ) -> Result<Option<Vec<String>>, DeliveryFailure> {
         let body = json_array(batch.iter().map(|e| e.envelope.as_str()));
+        let (span, traceparent) = otlp::call_span("deliver", &body);
+        span.record("peer", self.subscriber.name.as_str());
         let mut request = self
             .http
             .post(&self.subscriber.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
         if let Some(covers) = covers {
             request = request.header(COVERS_HEADER, covers.header_value());
         }
         if let Some(token) = &self.settings.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| DeliveryFailure {
-            message: error_chain(&e),
-            diverged: false,
-            reason: "unreachable".to_owned(),
-        })?;
+        let response = tracing::Instrument::instrument(request.send(), span)
+            .await
+            .map_err(|e| DeliveryFailure {
+                message: error_chain(&e),
+                diverged: false,
+                reason: "unreachable".to_owned(),
+            })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let answer = serde_json::from_str::<serde_json::Value>(&text).ok();

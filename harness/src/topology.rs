@@ -122,12 +122,13 @@ pub const PUBLIC_ROUTES: [(&str, &str); 15] = [
 ];
 
 /// What every service reads.
-const COMMON_ENV: [&str; 5] = [
+const COMMON_ENV: [&str; 6] = [
     "PORT",
     "DATABASE_URL",
     "LOG_FORMAT",
     "RUST_LOG",
     "EVENT_BUS_TOKEN",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 impl Service {

@@ -3,7 +3,7 @@ async fn main() -> std::process::ExitCode {
     service_kit::server::run_main(
         "query",
         query::config_from_env,
-        |c| c.service.log_format,
+        |c| c.service.telemetry.clone(),
         query::build,
     )
     .await

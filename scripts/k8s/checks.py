@@ -72,6 +72,10 @@ ROOT_DOCKERFILE = "Dockerfile"  # every Rust service's image, one stage per serv
 OPTIONAL_UNSET: dict[str, dict[str, str]] = {
     # e.g. "query": {"RUST_LOG": "the built-in filter is what we want in the cluster"},
 }
+# The same, for every service.
+OPTIONAL_UNSET_EVERYWHERE: dict[str, str] = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "traces are off by default; set it to an OTLP/HTTP collector to export spans (docs/operations.md)",
+}
 # Which variables each binary reads is the topology's `env`; the refs check greps the
 # sources too (the patterns below), so a variable added to the code but not to the
 # topology, or to the topology but not to the Deployment, fails. The sources of a binary
@@ -835,7 +839,7 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
             continue
         depl, container = found
         values = env_values(depl, container)
-        optional = OPTIONAL_UNSET.get(service.name, {})
+        optional = {**OPTIONAL_UNSET_EVERYWHERE, **OPTIONAL_UNSET.get(service.name, {})}
         for name in sorted(expected):
             if name in values:
                 if values[name] == "":

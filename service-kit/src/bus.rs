@@ -61,14 +61,20 @@ impl BusClient {
     }
 
     /// Publishes a JSON array of publications, already serialised (the outbox stores
-    /// them as text). Returns once the bus has committed them.
-    pub async fn publish_json_array(&self, body: String) -> Result<Vec<Accepted>, BusError> {
-        let response = self
+    /// them as text), as a call of the span `traceparent` names. Returns once the bus has
+    /// committed them.
+    pub async fn publish_json_array(
+        &self,
+        body: String,
+        traceparent: Option<&str>,
+    ) -> Result<Vec<Accepted>, BusError> {
+        let mut request = self
             .authorized(self.http.post(&self.events_url))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.body(body).send().await?;
         let bytes = checked(response).await?;
         Ok(serde_json::from_slice::<PublishAnswer>(&bytes)?.events)
     }
@@ -77,7 +83,7 @@ impl BusClient {
         &self,
         publications: &[contract::Publication],
     ) -> Result<Vec<Accepted>, BusError> {
-        self.publish_json_array(serde_json::to_string(publications)?)
+        self.publish_json_array(serde_json::to_string(publications)?, None)
             .await
     }
 

@@ -94,14 +94,23 @@ impl FromStr for LogFormat {
     }
 }
 
-/// What every service reads: where to listen, its database, how to log, and the shared
-/// secret that authenticates traffic on `/events` (optional locally).
+/// What every service reads: where to listen, its database, how to log and trace, and
+/// the shared secret that authenticates traffic on `/events` (optional locally).
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub port: u16,
     pub database_url: String,
-    pub log_format: LogFormat,
+    pub telemetry: TelemetryConfig,
     pub event_bus_token: Option<String>,
+}
+
+/// How a service logs, and where it exports its traces (nowhere unless set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: an OTLP/HTTP receiver's base URL (spans go to its
+    /// `/v1/traces`), as OpenTelemetry's SDKs read it.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServiceConfig {
@@ -109,10 +118,27 @@ impl ServiceConfig {
         Ok(Self {
             port: env.parsed_or("PORT", default_port)?,
             database_url: env.required("DATABASE_URL")?.to_owned(),
-            log_format: env.parsed_or("LOG_FORMAT", LogFormat::Pretty)?,
+            telemetry: TelemetryConfig {
+                log_format: env.parsed_or("LOG_FORMAT", LogFormat::Pretty)?,
+                otlp_endpoint: otlp_endpoint(env)?,
+            },
             event_bus_token: env.optional("EVENT_BUS_TOKEN").map(str::to_owned),
         })
     }
+}
+
+fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
+    const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    let Some(raw) = env.optional(OTLP_ENDPOINT) else {
+        return Ok(None);
+    };
+    parse_http_url(raw)
+        .map(Some)
+        .map_err(|reason| ConfigError::Malformed {
+            name: OTLP_ENDPOINT,
+            value: raw.to_owned(),
+            reason,
+        })
 }
 
 /// One entry of `EVENT_BUS_SUBSCRIBERS` (`name=url,name=url`).
@@ -187,8 +213,29 @@ mod tests {
         let env = Env::from_pairs([("DATABASE_URL", "postgres://x"), ("EVENT_BUS_TOKEN", "")]);
         let config = ServiceConfig::from_env(&env, 7105).unwrap();
         assert_eq!(config.port, 7105);
-        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(config.telemetry.log_format, LogFormat::Pretty);
+        assert_eq!(config.telemetry.otlp_endpoint, None);
         assert_eq!(config.event_bus_token, None);
+    }
+
+    #[test]
+    fn an_otlp_endpoint_must_be_an_http_url() {
+        let env = |endpoint| {
+            Env::from_pairs([
+                ("DATABASE_URL", "postgres://x"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ])
+        };
+        let config = ServiceConfig::from_env(&env("http://collector:4318/"), 1).unwrap();
+        assert_eq!(
+            config.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        let err = ServiceConfig::from_env(&env("collector:4317"), 1).unwrap_err();
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{err}"
+        );
     }
 
     #[test]

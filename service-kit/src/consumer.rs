@@ -633,12 +633,20 @@ impl<H: Reactions> Consumer<H> {
         envelope: &Envelope,
     ) -> Result<(), ConsumerError> {
         let started = Instant::now();
+        // A child of the span that published the event.
+        let cause = envelope
+            .traceparent
+            .as_deref()
+            .and_then(contract::TraceParent::parse);
+        let applying = cause.as_ref().map(contract::TraceParent::child);
         let span = tracing::info_span!(
             "event",
             event_id = %envelope.id,
             seq = envelope.seq,
             r#type = %envelope.kind,
-            trace_id = envelope.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or(""),
+            trace_id = applying.as_ref().map_or("", |t| t.trace_id.as_str()),
+            span_id = applying.as_ref().map(|t| t.parent_id.as_str()),
+            parent_span_id = cause.as_ref().map(|t| t.parent_id.as_str()),
             post_id = tracing::field::Empty,
             comment_id = tracing::field::Empty,
         );

@@ -137,16 +137,28 @@ pub async fn log_requests(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let trace = req
+    let caller = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map(|t| t.child())
+        .and_then(TraceParent::parse);
+    // This request's span: its id is the parent id of what the request passes on.
+    let trace = caller
+        .as_ref()
+        .map(TraceParent::child)
         .unwrap_or_else(TraceParent::new_root);
-    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace.trace_id);
-    req.extensions_mut().insert(trace);
     let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        trace_id = %trace.trace_id,
+        span_id = %trace.parent_id,
+        parent_span_id = caller.as_ref().map(|c| c.parent_id.as_str()),
+        method = %method,
+        route = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    req.extensions_mut().insert(trace);
     let path = req.path().to_owned();
     let quiet = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
     let result = next.call(req).instrument(span.clone()).await;
@@ -157,6 +169,10 @@ pub async fn log_requests(
         Err(err) => (err.as_response_error().status_code().as_u16(), None),
     };
     crate::metrics::HTTP.answered(&method, route.as_deref(), status, took);
+    if let Some(route) = &route {
+        span.record("route", route.as_str());
+    }
+    span.record("status", status);
     span.in_scope(|| {
         // Probes come many times a minute; their answers are in /readyz itself.
         if quiet {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod otlp;
 pub mod outbox;
 pub mod server;
 pub mod shutdown;

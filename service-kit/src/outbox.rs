@@ -16,6 +16,7 @@ use crate::bus::{BusClient, BusError};
 use crate::db::Database;
 use crate::error::error_chain;
 use crate::metrics;
+use crate::otlp;
 use crate::shutdown::ShutdownSignal;
 use contract::{cap_batch_bytes, json_array, Accepted, Publication};
 
@@ -319,7 +320,12 @@ impl OutboxRelay {
     /// One publish of `events` events, timed and counted by how the bus answered.
     async fn publish(&self, body: String, events: usize) -> Result<Vec<Accepted>, BusError> {
         let started = Instant::now();
-        let answer = self.bus.publish_json_array(body).await;
+        let (span, traceparent) = otlp::call_span("outbox publish", &body);
+        let answer = tracing::Instrument::instrument(
+            self.bus.publish_json_array(body, traceparent.as_deref()),
+            span,
+        )
+        .await;
         let outbox = &metrics::OUTBOX;
         outbox
             .publish_duration

@@ -288,7 +288,7 @@ pub enum StartError {
 pub async fn run_main<C, Fut>(
     name: &str,
     read_config: impl FnOnce(&crate::config::Env) -> Result<C, crate::config::ConfigError>,
-    log_format: impl FnOnce(&C) -> crate::config::LogFormat,
+    telemetry: impl FnOnce(&C) -> crate::config::TelemetryConfig,
     build: impl FnOnce(C) -> Fut,
 ) -> std::process::ExitCode
 where
@@ -301,7 +301,7 @@ where
             return std::process::ExitCode::from(2);
         }
     };
-    crate::telemetry::init(name, log_format(&config));
+    crate::telemetry::init(name, &telemetry(&config));
     let application = match build(config).await {
         Ok(application) => application,
         Err(error) => {
@@ -309,7 +309,10 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match application.run_until_stopped().await {
+    let stopped = application.run_until_stopped().await;
+    // The spans of the last requests, before the process ends.
+    crate::otlp::flush().await;
+    match stopped {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "{name} stopped with an error");

@@ -15,26 +15,39 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetryConfig};
 
-/// Installs the global subscriber for `service`. `RUST_LOG` filters; the default is
-/// `info`. Calling it twice (tests) is harmless.
-pub fn init(service: &str, format: LogFormat) {
+/// Installs the global subscriber for `service`: logs, and spans exported over OTLP
+/// when an endpoint is configured (`otlp`; from within a tokio runtime). `RUST_LOG`
+/// filters both; the default is `info`. Calling it twice (tests) is harmless.
+pub fn init(service: &str, config: &TelemetryConfig) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,actix_server=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let _ = match format {
-        LogFormat::Json => builder
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let logs = match config.log_format {
+        LogFormat::Json => logs
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson::new(service))
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+            .boxed(),
+        LogFormat::Pretty => logs.compact().boxed(),
     };
+    let spans = config
+        .otlp_endpoint
+        .as_deref()
+        .and_then(|endpoint| crate::otlp::layer(service, endpoint));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(spans)
+        .try_init();
+    if let Some(endpoint) = &config.otlp_endpoint {
+        tracing::info!(endpoint, "exporting spans over OTLP/HTTP (JSON)");
+    }
 }
 
 /// The JSON line format described above.
@@ -88,8 +101,8 @@ where
     }
 }
 
-/// Records an event's fields as JSON values.
-struct Fields<'a>(&'a mut Map<String, Value>);
+/// Records an event's (or a span's) fields as JSON values.
+pub(crate) struct Fields<'a>(pub(crate) &'a mut Map<String, Value>);
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
