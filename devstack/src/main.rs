@@ -346,7 +346,8 @@ impl Local<'_> {
     }
 
     /// The harness's whole microblog, as a person at a terminal runs it: the topology's
-    /// ports, coloured prefixed logs, crashes restarted, a bus token.
+    /// ports, coloured prefixed logs, crashes restarted, a bus token; the moderation
+    /// blocklist and an OTLP endpoint passed through from devstack's environment.
     fn stack_options(&self, token: &str) -> StackOptions {
         let mut options = StackOptions::whole(self.binaries.clone(), self.data_dir);
         options.replicas = self.options.replicas;
@@ -356,6 +357,15 @@ impl Local<'_> {
         options.token = Some(token.to_owned());
         options.log_format = "pretty";
         options.ready_deadline = READY_DEADLINE;
+        if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            for service in &SERVICES {
+                options = options.with_env(
+                    service.name,
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    endpoint.clone(),
+                );
+            }
+        }
         match std::env::var("MODERATION_BLOCKLIST") {
             Ok(words) => options.with_env("moderation", "MODERATION_BLOCKLIST", words),
             Err(_) => options,
