@@ -5,17 +5,22 @@
 #
 #   chef     the toolchain plus cargo-chef
 #   planner  reduces the workspace to a recipe: manifests and Cargo.lock, no sources
-#   cook     compiles only the dependencies. It is cached for as long as the recipe
-#            stays the same, so a source change never recompiles them
+#   cook     compiles only the dependencies of the five services (not the local
+#            runner's, the tests' or the load tool's), with the features the build
+#            below selects. It is cached for as long as the recipe stays the same, so a
+#            source change never recompiles them
 #   build    ONE cargo build of all five binaries; every service target copies from it
 #   <svc>    distroless cc (glibc, no shell) + one binary, running as 65532
 #
-# The builder is bookworm because the runtime is distroless/cc-debian12: the binaries
-# link glibc dynamically and must not need a newer one than the runtime ships.
+# The builder is trixie (Debian 13, glibc 2.41) because the runtime is
+# distroless/cc-debian13: the binaries link glibc dynamically and must not need a newer
+# one than the runtime ships (scripts/check-k8s holds the two to one Debian release).
+# Every image here is published for Intel and ARM machines alike, and nothing below
+# names an architecture, so the images build natively on Apple Silicon too.
 # RUN --mount needs BuildKit (the default builder since Docker 23; skaffold sets
 # useBuildkit).
 
-FROM rust:1.95-bookworm AS chef
+FROM rust:1.95.0-trixie AS chef
 # bash with pipefail, so that a failing command inside a pipe fails the RUN.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The version is pinned so that the recipe format cannot change under a cached layer.
@@ -33,7 +38,8 @@ COPY --from=planner /app/recipe.json recipe.json
 # builder that keeps layers but not cache mounts, such as most CI builders, still
 # skips the dependencies.
 RUN --mount=type=cache,id=microblog-cargo-registry,target=/usr/local/cargo/registry \
-    cargo chef cook --release --locked --bins --recipe-path recipe.json
+    cargo chef cook --release --locked --bins --recipe-path recipe.json \
+        -p posts -p comments -p moderation -p query -p event-bus
 
 FROM chef AS build
 # Inherited from chef; repeated because hadolint checks each stage on its own.
@@ -83,7 +89,7 @@ RUN --mount=type=cache,id=microblog-cargo-registry,target=/usr/local/cargo/regis
 # so that Kubernetes' runAsNonRoot can verify it. No EXPOSE: a service's port is the
 # topology's (`devstack topology`), which its Deployment sets as PORT and containerPort
 # (Kubernetes ignores EXPOSE); scripts/check-k8s keeps this file and the topology in step.
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+FROM gcr.io/distroless/cc-debian13:nonroot AS runtime
 USER 65532:65532
 
 FROM runtime AS posts

@@ -491,6 +491,14 @@ def check_dockerfiles(root: Path, topology: Topology, artifacts: dict, report: R
         report.error(f"{ROOT_DOCKERFILE}: expected one `cargo build` (of all the service binaries), found {len(builds)}")
     else:
         compare("the `cargo build` (-p ...)", re.findall(r"(?:^|\s)(?:-p|--package)(?:\s+|=)([A-Za-z0-9_-]+)", builds[0]))
+    # The cooked dependencies are those of the services alone (with their features), or
+    # the build recompiles them and the cook compiled the local runner's for nothing.
+    cooks = [m.group(1) for run in runs for m in re.finditer(r"\bcargo\s+chef\s+cook\b([^;&|]*)", run)]
+    if len(cooks) != 1:
+        report.error(f"{ROOT_DOCKERFILE}: expected one `cargo chef cook` (of the service packages), found {len(cooks)}")
+    else:
+        compare("the `cargo chef cook` (-p ...)", re.findall(r"(?:^|\s)(?:-p|--package)(?:\s+|=)([A-Za-z0-9_-]+)", cooks[0]))
+    check_debian_releases(stages, report)
     loops = [m.group(1) for run in runs for m in re.finditer(r"\bfor\s+bin\s+in\s+([^;]*?)\s*;\s*do\b", run)]
     if len(loops) != 1:
         report.error(f"{ROOT_DOCKERFILE}: expected one `for bin in ...; do` collecting the binaries, found {len(loops)}")
@@ -535,6 +543,30 @@ def check_dockerfiles(root: Path, topology: Topology, artifacts: dict, report: R
             report.error(
                 f"{nginx.relative_to(root)}: nginx listens on {ports or 'nothing'}, but the topology's client port is {client.port}"
             )
+
+
+DEBIAN_RELEASES = {"bookworm": "12", "trixie": "13", "forky": "14"}
+
+
+def check_debian_releases(stages: list[Stage], report: Report) -> None:
+    """The Rust builder and the distroless runtime are one Debian release: the binaries
+    link glibc dynamically and must not need a newer one than the runtime has."""
+    found = {}
+    for stage in stages:
+        base = next((args for instruction, args in stage.instructions if instruction == "FROM"), "")
+        if m := re.match(r"rust:[^-\s]+-(?:slim-)?([a-z]+)", base):
+            found.setdefault("builder", (base, DEBIAN_RELEASES.get(m.group(1))))
+        if m := re.search(r"distroless/cc-debian(\d+)", base):
+            found.setdefault("runtime", (base, m.group(1)))
+    if set(found) != {"builder", "runtime"}:
+        report.error(f"{ROOT_DOCKERFILE}: expected a rust:<version>-<debian> builder and a distroless/cc-debian<N> runtime, found {sorted(found)}")
+        return
+    (builder, built_on), (runtime, runs_on) = found["builder"], found["runtime"]
+    if built_on is None or built_on != runs_on:
+        report.error(
+            f"{ROOT_DOCKERFILE}: the builder {builder} and the runtime {runtime} are not one Debian release "
+            f"(a binary built on a newer glibc fails to start on an older one)"
+        )
 
 
 def image_name(image: str) -> tuple[str, bool]:

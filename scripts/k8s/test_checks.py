@@ -411,6 +411,7 @@ def cases(topology: checks.Topology) -> list[Case]:
                 r"Deployment/moderation-depl.*runs nothing the topology .* knows",
                 r"Dockerfile: stage moderation is a service image .*, but the topology has no service moderation",
                 r"Dockerfile: the `cargo build` \(-p \.\.\.\) lists .*not in the topology: moderation\)",
+                r"Dockerfile: the `cargo chef cook` \(-p \.\.\.\) lists .*not in the topology: moderation\)",
             ],
             topology_edit=lambda t: t.update(services=[s for s in t["services"] if s["name"] != "moderation"]),
         ),
@@ -430,8 +431,20 @@ def cases(topology: checks.Topology) -> list[Case]:
         Case(
             "a service left out of the Dockerfile's cargo build",
             "refs",
-            lambda r: edit(r, "Dockerfile", " -p query", ""),
+            lambda r: edit(r, "Dockerfile", "-p query -p event-bus; \\", "-p event-bus; \\"),
             [r"Dockerfile: the `cargo build` \(-p \.\.\.\) lists .*\(missing: query;"],
+        ),
+        Case(
+            "the Dockerfile's cook compiling the whole workspace, not the services",
+            "refs",
+            lambda r: edit(r, "Dockerfile", "recipe.json \\\n        -p posts -p comments -p moderation -p query -p event-bus\n", "recipe.json\n"),
+            [r"Dockerfile: the `cargo chef cook` \(-p \.\.\.\) lists \[\]"],
+        ),
+        Case(
+            "a builder on a newer Debian than the runtime",
+            "refs",
+            lambda r: edit(r, "Dockerfile", "FROM gcr.io/distroless/cc-debian13", "FROM gcr.io/distroless/cc-debian12"),
+            [r"Dockerfile: the builder rust:\S+-trixie .* and the runtime .*cc-debian12.* are not one Debian release"],
         ),
         Case(
             "a service left out of the binaries the Dockerfile collects",
