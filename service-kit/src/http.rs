@@ -184,10 +184,9 @@ pub async fn log_requests(
     result
 }
 
-/// Middleware: until the schema is up to date, every request but the health checks (and
-/// the metrics) is
-/// answered 503 with `Retry-After`, as a proxy answers for a Service with no ready pod —
-/// never a 500 from a query against tables that do not exist yet.
+/// Middleware: until the schema is up to date, every request but the health checks and
+/// the metrics is answered 503 with `Retry-After`, as a proxy answers for a Service with
+/// no ready pod — never a 500 from a query against tables that do not exist yet.
 pub async fn until_schema_ready(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

@@ -1,6 +1,7 @@
 //! Server start-up shared by every service: bind (port 0 in tests), health routes and
-//! metrics, request logging, JSON body limit, and graceful shutdown that stops accepting, lets in-flight
-//! requests finish, then stops the background tasks and waits for them.
+//! metrics, request logging, JSON body limit, and graceful shutdown that stops
+//! accepting, lets in-flight requests finish, then stops the background tasks and waits
+//! for them.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
