@@ -94,6 +94,20 @@ impl BusClient {
 
     /// The same, with the log's head as the bus saw it just before reading the page.
     pub async fn page_after(&self, after: i64, limit: u32) -> Result<LogPage, BusError> {
+        // A read is safe to send again, and a pooled connection that the bus closed just
+        // as it was reused (it restarted, or timed the connection out) fails the request
+        // with "connection closed before message completed": that is not an outage, and
+        // one more try on a new connection tells.
+        match self.read_page(after, limit).await {
+            Err(BusError::Transport(error)) => {
+                tracing::debug!(error = %crate::error::error_chain(&error), "reading the bus's log failed; trying once more");
+                self.read_page(after, limit).await
+            }
+            read => read,
+        }
+    }
+
+    async fn read_page(&self, after: i64, limit: u32) -> Result<LogPage, BusError> {
         let response = self
             .authorized(self.http.get(&self.events_url))
             .query(&[("after", after.to_string()), ("limit", limit.to_string())])
@@ -121,5 +135,40 @@ async fn checked(response: reqwest::Response) -> Result<bytes::Bytes, BusError> 
             status: status.as_u16(),
             body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A bus that drops the first connection without an answer, as a restarted bus drops
+    /// the connections pooled to it, and answers an empty page on the next.
+    async fn closing_once() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = first.read(&mut request).await.unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let _ = second.read(&mut request).await.unwrap();
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nevent-bus-head: 7\r\ncontent-length: 2\r\n\r\n[]")
+                .await
+                .unwrap();
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_connection_closes_unanswered_is_sent_once_more() {
+        let bus = BusClient::new(&closing_once().await, None);
+        let page = bus.page_after(0, 10).await.unwrap();
+        assert!(page.events.is_empty());
+        assert_eq!(page.head, Some(7));
     }
 }
