@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import glob
 import json
 import os
 import re
@@ -264,8 +263,24 @@ def load_topology(path: Path) -> Topology:
     return Topology(services, client, routes)
 
 
+KUSTOMIZATION = "kustomization.yaml"
+
+
 def manifest_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / MANIFEST_DIR).glob("*") if p.is_file())
+    """The manifests (the kustomization that lists them is no manifest)."""
+    return sorted(p for p in (root / MANIFEST_DIR).glob("*") if p.is_file() and p.name != KUSTOMIZATION)
+
+
+def kustomize(root: Path, directory: str) -> list[dict]:
+    """What `kubectl kustomize <directory>` renders (kubectl's built-in kustomize, as
+    skaffold's kustomize deployer runs it)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise RuntimeError("kubectl is not installed: the kustomize check renders with `kubectl kustomize`")
+    proc = subprocess.run([kubectl, "kustomize", str(root / directory)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`kubectl kustomize {directory}` failed: {proc.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
 def load_manifests(root: Path, report: Report) -> list[Resource]:
@@ -276,7 +291,7 @@ def load_manifests(root: Path, report: Report) -> list[Resource]:
     for path in files:
         rel = str(path.relative_to(root))
         if path.suffix not in (".yaml", ".yml"):
-            report.error(f"{rel}: not a .yaml file, but skaffold applies every file in {MANIFEST_DIR}/")
+            report.error(f"{rel}: not a .yaml file, but every file in {MANIFEST_DIR}/ is a manifest that {KUSTOMIZATION} lists")
             continue
         try:
             docs = list(yaml.safe_load_all(path.read_text()))
@@ -746,11 +761,19 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
     for image in sorted(set(artifacts) - used_artifacts):
         report.error(f"{SKAFFOLD_FILE}: artifact {image} is built but no manifest uses it")
     check_dockerfiles(root, topology, artifacts, report)
-    raw = ((skaffold.get("manifests") or {}).get("rawYaml")) or []
-    applied = {Path(p).resolve() for pattern in raw for p in glob.glob(str(root / pattern))}
-    for path in manifest_files(root):
-        if path.resolve() not in applied:
-            report.error(f"{path.relative_to(root)}: not applied by {SKAFFOLD_FILE} (manifests.rawYaml)")
+    # skaffold deploys what its kustomize paths render: every manifest must be in it.
+    paths = (((skaffold.get("manifests") or {}).get("kustomize")) or {}).get("paths") or []
+    if paths != [MANIFEST_DIR]:
+        report.error(f"{SKAFFOLD_FILE}: manifests.kustomize.paths must be [{MANIFEST_DIR}], found {paths}")
+    else:
+        try:
+            rendered = {(d.get("kind"), (d.get("metadata") or {}).get("name")) for d in kustomize(root, MANIFEST_DIR)}
+        except RuntimeError as exc:
+            report.error(f"{SKAFFOLD_FILE}: {exc}")
+            rendered = None
+        for res in resources if rendered is not None else []:
+            if (res.kind, res.name) not in rendered:
+                report.error(f"{res}: not deployed by {SKAFFOLD_FILE}: {MANIFEST_DIR}/{KUSTOMIZATION} does not list {Path(res.file).name}")
 
     # Secrets and ConfigMaps: every referenced object and key exists.
     def keys_of(kind: str, name: str, namespace: str) -> set[str] | None:

@@ -490,6 +490,12 @@ def cases(topology: checks.Topology) -> list[Case]:
             [r"Deployment/moderation-depl.*no NetworkPolicy allows any traffic"],
         ),
         Case(
+            "a manifest file the kustomization (so skaffold) leaves out",
+            "refs",
+            lambda r: edit(r, "infra/k8s/kustomization.yaml", "  - network-policies.yaml\n", ""),
+            [r"NetworkPolicy/default-deny-ingress \(infra/k8s/network-policies.yaml\): not deployed by skaffold.yaml: infra/k8s/kustomization.yaml does not list network-policies.yaml"],
+        ),
+        Case(
             "a workspace member left out of the Docker build context",
             "refs",
             lambda r: edit(r, ".dockerignore", "!loadtest/\n", ""),
