@@ -264,6 +264,9 @@ def load_topology(path: Path) -> Topology:
 
 
 KUSTOMIZATION = "kustomization.yaml"
+OVERLAYS_DIR = "infra/overlays"
+DEV_OVERLAY = f"{OVERLAYS_DIR}/dev"
+PROD_OVERLAY = f"{OVERLAYS_DIR}/prod"
 
 
 def manifest_files(root: Path) -> list[Path]:
@@ -392,6 +395,65 @@ def check_skaffold(root: Path, _topology: Topology, report: Report) -> None:
             detail = max(detail.context, key=lambda e: len(e.absolute_path))
         where = "/".join(str(p) for p in detail.absolute_path) or "(top level)"
         report.error(f"{SKAFFOLD_FILE}: at {where}: {detail.message}")
+
+
+# ---------------------------------------------------------------------------------- overlays
+def check_overlays(root: Path, _topology: Topology, report: Report) -> None:
+    """Every overlay renders, and its rendering is valid for Kubernetes in strict mode;
+    skaffold has a profile for each overlay but dev (its default). prod deploys no
+    Secret (each one a pod reads is a base Secret's name, created out of band), runs
+    every Deployment at two replicas or more, and labels its namespace for the Pod
+    Security restricted profile."""
+    overlays = sorted(p.name for p in (root / OVERLAYS_DIR).iterdir() if (p / KUSTOMIZATION).is_file())
+    if "dev" not in overlays or "prod" not in overlays:
+        report.error(f"{OVERLAYS_DIR}: expected the overlays dev and prod, found {overlays}")
+    skaffold = load_skaffold(root, report) or {}
+    profiles = {
+        p.get("name"): (((p.get("manifests") or {}).get("kustomize")) or {}).get("paths")
+        for p in skaffold.get("profiles") or []
+    }
+    for name in overlays:
+        if name != "dev" and profiles.get(name) != [f"{OVERLAYS_DIR}/{name}"]:
+            report.error(f"{SKAFFOLD_FILE}: no profile {name} deploying [{OVERLAYS_DIR}/{name}] (found {profiles.get(name)})")
+        try:
+            docs = kustomize(root, f"{OVERLAYS_DIR}/{name}")
+        except RuntimeError as exc:
+            report.error(f"{OVERLAYS_DIR}/{name}: {exc}")
+            continue
+        for doc in docs:
+            res = Resource(doc, f"{OVERLAYS_DIR}/{name} (rendered)")
+            for version in K8S_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    where = ".".join(str(p) for p in exc.path) or "(top level)"
+                    report.error(f"{res}: invalid for Kubernetes {version} at {where}: {exc.message}")
+                except kubernetes_validate.SchemaNotFoundError as exc:
+                    report.error(f"{res}: {exc.message}")
+        if name == "prod":
+            check_prod(root, [Resource(d, f"{PROD_OVERLAY} (rendered)") for d in docs], report)
+
+
+def check_prod(root: Path, rendered: list[Resource], report: Report) -> None:
+    base_secrets = {r.name for r in load_manifests(root, Report()) if r.kind == "Secret"}
+    for res in rendered:
+        if res.kind == "Secret":
+            report.error(f"{res}: the prod overlay deploys a Secret from git; create it out of band instead")
+        if res.kind == "Deployment" and ((res.doc.get("spec") or {}).get("replicas") or 1) < 2:
+            report.error(f"{res}: runs fewer than two replicas in prod")
+        spec = pod_spec(res) or {}
+        for c in containers(spec):
+            for env in c.get("env") or []:
+                ref = ((env.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+                if ref and ref not in base_secrets:
+                    report.error(f"{res}: reads the Secret {ref}, which the docs' out-of-band commands do not create (no base Secret of that name)")
+    namespaces = [r for r in rendered if r.kind == "Namespace"]
+    labels = ((namespaces[0].doc.get("metadata") or {}).get("labels") or {}) if namespaces else {}
+    if labels.get("pod-security.kubernetes.io/enforce") != "restricted":
+        report.error(f"{PROD_OVERLAY}: its Namespace does not enforce the Pod Security restricted profile (labels {labels})")
+    elsewhere = sorted({r.namespace for r in rendered if r.kind != "Namespace"} - {n.name for n in namespaces})
+    if elsewhere:
+        report.error(f"{PROD_OVERLAY}: resources in namespaces it does not create: {elsewhere}")
 
 
 # ---------------------------------------------------------------------------------- refs
@@ -761,13 +823,14 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
     for image in sorted(set(artifacts) - used_artifacts):
         report.error(f"{SKAFFOLD_FILE}: artifact {image} is built but no manifest uses it")
     check_dockerfiles(root, topology, artifacts, report)
-    # skaffold deploys what its kustomize paths render: every manifest must be in it.
+    # skaffold deploys what its kustomize paths render (the dev overlay, which is the
+    # base as it is): every manifest must be in it.
     paths = (((skaffold.get("manifests") or {}).get("kustomize")) or {}).get("paths") or []
-    if paths != [MANIFEST_DIR]:
-        report.error(f"{SKAFFOLD_FILE}: manifests.kustomize.paths must be [{MANIFEST_DIR}], found {paths}")
+    if paths != [DEV_OVERLAY]:
+        report.error(f"{SKAFFOLD_FILE}: manifests.kustomize.paths must be [{DEV_OVERLAY}], found {paths}")
     else:
         try:
-            rendered = {(d.get("kind"), (d.get("metadata") or {}).get("name")) for d in kustomize(root, MANIFEST_DIR)}
+            rendered = {(d.get("kind"), (d.get("metadata") or {}).get("name")) for d in kustomize(root, DEV_OVERLAY)}
         except RuntimeError as exc:
             report.error(f"{SKAFFOLD_FILE}: {exc}")
             rendered = None
@@ -1408,6 +1471,7 @@ def check_hadolint_config(config: Path, report: Report) -> None:
 
 CHECKS = {
     "schema": check_schema,
+    "overlays": check_overlays,
     "refs": check_refs,
     "checkov": check_checkov,
     "hadolint": check_hadolint,

@@ -540,6 +540,26 @@ def cases(topology: checks.Topology) -> list[Case]:
             lambda r: edit(r, "skaffold.yaml", "    concurrency: 1\n", "    concurrency: one\n"),
             [r"at build/local/concurrency: 'one' is not of type 'integer'"],
         ),
+        Case(
+            "a prod overlay that deploys the dev Secrets, one replica of query, no Pod Security label",
+            "overlays",
+            lambda r: (
+                edit(r, "infra/overlays/prod/kustomization.yaml", "  - patch: |-\n      $patch: delete\n      apiVersion: v1\n      kind: Secret\n      metadata:\n        name: event-bus-token\n", ""),
+                edit(r, "infra/overlays/prod/kustomization.yaml", "  - name: query-depl\n    count: 2\n", "  - name: query-depl\n    count: 1\n"),
+                edit(r, "infra/overlays/prod/namespace.yaml", "    pod-security.kubernetes.io/enforce: restricted\n", ""),
+            ),
+            [
+                r"the prod overlay deploys a Secret from git",
+                r"Deployment/query-depl .*runs fewer than two replicas in prod",
+                r"its Namespace does not enforce the Pod Security restricted profile",
+            ],
+        ),
+        Case(
+            "an overlay skaffold has no profile for",
+            "overlays",
+            lambda r: edit(r, "skaffold.yaml", "  - name: prod\n", "  - name: production\n"),
+            [r"skaffold.yaml: no profile prod deploying \[infra/overlays/prod\]"],
+        ),
     ]
 
 
