@@ -350,18 +350,23 @@ def selects(selector: dict, labels: dict) -> bool:
 # ---------------------------------------------------------------------------------- schema
 def check_schema(root: Path, _topology: Topology, report: Report) -> None:
     for res in load_manifests(root, report):
-        for version in K8S_VERSIONS:
-            try:
-                kubernetes_validate.validate(res.doc, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                path = ".".join(str(p) for p in exc.path) or "(top level)"
-                report.error(f"{res}: invalid for Kubernetes {version} at {path}: {exc.message}")
-            except kubernetes_validate.SchemaNotFoundError as exc:
-                # kubernetes-validate only warns here; an unknown kind or apiVersion is
-                # a mistake for us (a typo, or an API removed from Kubernetes).
-                report.error(f"{res}: {exc.message}")
-            except Exception as exc:  # noqa: BLE001 - report any validator failure as ours
-                report.error(f"{res}: could not be validated for {version}: {exc}")
+        validate_strictly(res.doc, str(res), report)
+
+
+def validate_strictly(doc: dict, where: str, report: Report) -> None:
+    """A manifest against the Kubernetes schema of every version checked, strictly."""
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path) or "(top level)"
+            report.error(f"{where}: invalid for Kubernetes {version} at {path}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            # kubernetes-validate only warns here; an unknown kind or apiVersion is
+            # a mistake for us (a typo, or an API removed from Kubernetes).
+            report.error(f"{where}: {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - report any validator failure as ours
+            report.error(f"{where}: could not be validated for {version}: {exc}")
 
 
 # ---------------------------------------------------------------------------------- skaffold
@@ -421,17 +426,13 @@ def check_overlays(root: Path, _topology: Topology, report: Report) -> None:
             report.error(f"{OVERLAYS_DIR}/{name}: {exc}")
             continue
         for doc in docs:
-            res = Resource(doc, f"{OVERLAYS_DIR}/{name} (rendered)")
-            for version in K8S_VERSIONS:
-                try:
-                    kubernetes_validate.validate(doc, version, strict=True)
-                except kubernetes_validate.ValidationError as exc:
-                    where = ".".join(str(p) for p in exc.path) or "(top level)"
-                    report.error(f"{res}: invalid for Kubernetes {version} at {where}: {exc.message}")
-                except kubernetes_validate.SchemaNotFoundError as exc:
-                    report.error(f"{res}: {exc.message}")
+            validate_strictly(doc, str(Resource(doc, f"{OVERLAYS_DIR}/{name} (rendered)")), report)
         if name == "prod":
             check_prod(root, [Resource(d, f"{PROD_OVERLAY} (rendered)") for d in docs], report)
+    # Applied by hand, not rendered: checked all the same.
+    restore = root / PROD_OVERLAY / "event-bus-restore.yaml"
+    for doc in yaml.safe_load_all(restore.read_text()) if restore.is_file() else []:
+        validate_strictly(doc, str(Resource(doc, str(restore.relative_to(root)))), report)
 
 
 def check_prod(root: Path, rendered: list[Resource], report: Report) -> None:
@@ -447,6 +448,18 @@ def check_prod(root: Path, rendered: list[Resource], report: Report) -> None:
                 ref = ((env.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
                 if ref and ref not in base_secrets:
                     report.error(f"{res}: reads the Secret {ref}, which the docs' out-of-band commands do not create (no base Secret of that name)")
+    # The log is the source of truth: prod backs up the bus's database into a volume it
+    # claims.
+    claims = {r.name for r in rendered if r.kind == "PersistentVolumeClaim"}
+    backups = []
+    for job in (r for r in rendered if r.kind == "CronJob"):
+        spec = (((job.doc.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get("spec") or {}
+        dumps = any("pg_dump" in " ".join(c.get("command", []) + c.get("args", [])) for c in containers(spec))
+        volumes = {((v.get("persistentVolumeClaim") or {}).get("claimName")) for v in spec.get("volumes") or []}
+        if dumps and volumes & claims:
+            backups.append(job)
+    if not backups:
+        report.error(f"{PROD_OVERLAY}: no CronJob pg_dumps the bus's database into a volume the overlay claims")
     namespaces = [r for r in rendered if r.kind == "Namespace"]
     labels = ((namespaces[0].doc.get("metadata") or {}).get("labels") or {}) if namespaces else {}
     if labels.get("pod-security.kubernetes.io/enforce") != "restricted":

@@ -555,6 +555,12 @@ def cases(topology: checks.Topology) -> list[Case]:
             ],
         ),
         Case(
+            "a prod overlay without the bus's backup",
+            "overlays",
+            lambda r: edit(r, "infra/overlays/prod/kustomization.yaml", "  - event-bus-backup.yaml\n", ""),
+            [r"no CronJob pg_dumps the bus's database into a volume the overlay claims"],
+        ),
+        Case(
             "an overlay skaffold has no profile for",
             "overlays",
             lambda r: edit(r, "skaffold.yaml", "  - name: prod\n", "  - name: production\n"),
