@@ -55,16 +55,13 @@ pub async fn build(config: BusConfig) -> Result<Application, StartError> {
     let mut settings = ServerSettings::on_port(config.service.port);
     settings.body_limit = contract::PUBLISH_LIMIT;
     std::sync::LazyLock::force(&metrics::BUS);
-    let (read_store, read_names, read_leading) =
-        (store.clone(), subscriber_names.clone(), leading.clone());
-    settings.readings.add(move || {
-        let (store, names, leading) =
-            (read_store.clone(), read_names.clone(), read_leading.clone());
-        async move {
+    let state = (store.clone(), subscriber_names.clone(), leading.clone());
+    settings
+        .readings
+        .add(state, |(store, names, leading)| async move {
             metrics::BUS.leading.set(i64::from(*leading.borrow()));
             metrics::BUS.read(&store, &names).await
-        }
-    });
+        });
     let state = web::Data::new(BusState {
         writer,
         store,

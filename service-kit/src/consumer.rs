@@ -339,7 +339,7 @@ impl<H: Reactions> Consumer<H> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        metrics::CONSUMER.count(&envelope.kind, "parked");
+        metrics::CONSUMER.count(metrics::event_type(&envelope.kind), "parked", 1);
         tracing::error!(
             seq = envelope.seq,
             event_id = %envelope.id,
@@ -834,29 +834,24 @@ struct Tally(std::collections::HashMap<(&'static str, &'static str), u64>);
 impl Tally {
     /// An event past the cursor: applied if this service takes its type, else passed over.
     fn taken(&mut self, envelope: &Envelope, wants: Option<&[&str]>) {
-        let kind = Event::known_kind(&envelope.kind);
-        let takes = kind.is_some_and(|kind| wants.is_none_or(|wants| wants.contains(&kind)));
-        self.add(kind, if takes { "applied" } else { "skipped" });
+        let takes = Event::known_kind(&envelope.kind)
+            .is_some_and(|kind| wants.is_none_or(|wants| wants.contains(&kind)));
+        self.add(envelope, if takes { "applied" } else { "skipped" });
     }
 
     /// An event at or below the cursor: a redelivery.
     fn skipped(&mut self, envelope: &Envelope) {
-        self.add(Event::known_kind(&envelope.kind), "skipped");
+        self.add(envelope, "skipped");
     }
 
-    fn add(&mut self, kind: Option<&'static str>, outcome: &'static str) {
-        *self
-            .0
-            .entry((kind.unwrap_or("other"), outcome))
-            .or_default() += 1;
+    fn add(&mut self, envelope: &Envelope, outcome: &'static str) {
+        let r#type = metrics::event_type(&envelope.kind);
+        *self.0.entry((r#type, outcome)).or_default() += 1;
     }
 
     fn count(self) {
         for ((r#type, outcome), events) in self.0 {
-            metrics::CONSUMER
-                .events
-                .get_or_create(&metrics::EventLabels { r#type, outcome })
-                .inc_by(events);
+            metrics::CONSUMER.count(r#type, outcome, events);
         }
     }
 }

@@ -160,7 +160,7 @@ pub async fn log_requests(
     );
     req.extensions_mut().insert(trace);
     let path = req.path().to_owned();
-    let quiet = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let quiet = is_operational(&path);
     let result = next.call(req).instrument(span.clone()).await;
     let took = started.elapsed();
     let latency_ms = took.as_secs_f64() * 1000.0;
@@ -184,6 +184,12 @@ pub async fn log_requests(
     result
 }
 
+/// The health checks and the metrics: asked for many times a minute by probes and
+/// scrapers (so logged at debug level), and answered while the service starts.
+fn is_operational(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
 /// Middleware: until the schema is up to date, every request but the health checks and
 /// the metrics is answered 503 with `Retry-After`, as a proxy answers for a Service with
 /// no ready pod — never a 500 from a query against tables that do not exist yet.
@@ -194,8 +200,7 @@ pub async fn until_schema_ready(
     let starting = req
         .app_data::<web::Data<crate::server::Readiness>>()
         .is_some_and(|readiness| !readiness.schema_ready());
-    let health = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
-    if starting && !health {
+    if starting && !is_operational(req.path()) {
         let error = ApiError::Unavailable("starting: the database is not reachable yet".into());
         let mut response = actix_web::ResponseError::error_response(&error);
         response

@@ -75,12 +75,14 @@ type Reading = Arc<dyn Fn() -> BoxFuture<'static, Result<(), sqlx::Error>> + Sen
 const READING_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Readings {
-    pub fn add<F, Fut>(&mut self, read: F)
+    /// Adds `read`, which is handed its own copy of `state` at each scrape.
+    pub fn add<S, F, Fut>(&mut self, state: S, read: F)
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
     {
-        self.0.push(Arc::new(move || Box::pin(read())));
+        self.0.push(Arc::new(move || Box::pin(read(state.clone()))));
     }
 
     async fn read_all(&self) {
@@ -363,13 +365,17 @@ pub static CONSUMER: LazyLock<ConsumerMetrics> = LazyLock::new(|| {
 }
 });
 
+/// An envelope's `type` as a label: one of the contract's types, or `other`.
+pub fn event_type(kind: &str) -> &'static str {
+    contract::Event::known_kind(kind).unwrap_or("other")
+}
+
 impl ConsumerMetrics {
-    /// Counts one event of `kind` (as its envelope names it).
-    pub fn count(&self, kind: &str, outcome: &'static str) {
-        let r#type = contract::Event::known_kind(kind).unwrap_or("other");
+    /// Counts `events` events of the label `r#type` (`event_type`) with `outcome`.
+    pub fn count(&self, r#type: &'static str, outcome: &'static str, events: u64) {
         self.events
             .get_or_create(&EventLabels { r#type, outcome })
-            .inc();
+            .inc_by(events);
     }
 }
 
@@ -407,8 +413,8 @@ mod tests {
 
     #[test]
     fn event_types_outside_the_contract_share_one_label() {
-        CONSUMER.count("PostCreated", "applied");
-        CONSUMER.count("SomethingNew", "skipped");
+        CONSUMER.count(event_type("PostCreated"), "applied", 1);
+        CONSUMER.count(event_type("SomethingNew"), "skipped", 1);
         let labels = |r#type, outcome| EventLabels { r#type, outcome };
         assert!(CONSUMER
             .events

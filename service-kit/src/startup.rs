@@ -62,15 +62,11 @@ impl Startup {
         let relay = OutboxRelay::new(self.database.clone(), self.bus.clone());
         self.readiness.report_relay(relay.refusals());
         std::sync::LazyLock::force(&metrics::OUTBOX);
-        let pool = self.pool.clone();
-        self.readings.add(move || {
-            let pool = pool.clone();
-            async move {
-                metrics::OUTBOX
-                    .pending
-                    .set(OutboxRelay::pending(&pool).await?);
-                Ok(())
-            }
+        self.readings.add(self.pool.clone(), |pool| async move {
+            metrics::OUTBOX
+                .pending
+                .set(OutboxRelay::pending(&pool).await?);
+            Ok(())
         });
         let waker = relay.waker();
         self.tasks.push(relay.spawn(self.shutdown.signal()));
@@ -82,18 +78,16 @@ impl Startup {
         let consumer = Arc::new(consumer);
         self.readiness.wait_for_catch_up();
         std::sync::LazyLock::force(&metrics::CONSUMER);
-        let (reading, readiness) = (consumer.clone(), self.readiness.clone());
-        self.readings.add(move || {
-            let (consumer, readiness) = (reading.clone(), readiness.clone());
-            async move {
+        let state = (consumer.clone(), self.readiness.clone());
+        self.readings
+            .add(state, |(consumer, readiness)| async move {
                 let gauges = &metrics::CONSUMER;
                 gauges.caught_up.set(i64::from(readiness.is_marked_ready()));
                 let (cursor, parked) = consumer.position().await?;
                 gauges.cursor.set(cursor);
                 gauges.parked.set(parked);
                 Ok(())
-            }
-        });
+            });
         self.tasks.push(consumer::spawn_catch_up(
             consumer.clone(),
             self.readiness.clone(),
