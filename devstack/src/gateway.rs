@@ -1,6 +1,7 @@
-//! One port in front of everything, routing each request as the Ingress says: the
-//! manifest's backend Service names map to the ready local instances behind them, round-
-//! robin (none ready: 503 with `Retry-After`, as ingress-nginx answers). Bodies stream
+//! One port in front of everything, routing each request as the Ingress (or, with
+//! `--routes gateway`, the HTTPRoutes) says: the manifests' backend Service names map to
+//! the ready local instances behind them, round-robin (none ready: 503 with
+//! `Retry-After`, as ingress-nginx answers). Bodies stream
 //! both ways unbuffered, so Server-Sent Events pass through as they are written, and a
 //! backend that dies mid-stream closes the browser's connection (its EventSource
 //! reconnects). The Ingress's rate limits apply before routing, per client address, as
@@ -13,15 +14,15 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use harness::proxy::{error_body, no_ready_endpoint, proxy_client, Endpoints};
 
-use crate::ingress::Ingress;
 use crate::ratelimit::{InProgress, Limiter, Refusal};
+use crate::routes::Routes;
 use crate::Error;
 
 /// Like ingress-nginx's default `proxy-body-size`.
 const BODY_LIMIT: usize = 1024 * 1024;
 
-struct Routes {
-    ingress: Ingress,
+struct Gateway {
+    routes: Routes,
     limiter: Limiter,
     /// Kubernetes Service name → its ready instances.
     services: HashMap<String, Arc<Endpoints>>,
@@ -29,19 +30,19 @@ struct Routes {
 }
 
 pub fn start(
-    ingress: Ingress,
+    routes: Routes,
     services: HashMap<String, Arc<Endpoints>>,
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, Error> {
-    let routes = web::Data::new(Routes {
-        limiter: Limiter::new(ingress.limits),
-        ingress,
+    let gateway = web::Data::new(Gateway {
+        limiter: Limiter::new(routes.limits()),
+        routes,
         services,
         client: proxy_client(),
     });
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(routes.clone())
+            .app_data(gateway.clone())
             .app_data(web::PayloadConfig::new(BODY_LIMIT))
             .default_service(web::to(route))
     })
@@ -54,19 +55,22 @@ pub fn start(
     Ok(handle)
 }
 
-async fn route(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) -> HttpResponse {
+async fn route(req: HttpRequest, body: web::Bytes, gateway: web::Data<Gateway>) -> HttpResponse {
     let address = req
         .peer_addr()
         .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
-    let slot = match routes.limiter.admit(address, std::time::Instant::now()) {
+    let slot = match gateway.limiter.admit(address, std::time::Instant::now()) {
         Ok(slot) => slot,
         Err(refusal) => return refused(refusal),
     };
     let host = req.headers().get("host").and_then(|h| h.to_str().ok());
-    let Some(backend) = routes.ingress.route(host, req.uri().path()) else {
+    let Some(backend) = gateway
+        .routes
+        .route(host, req.method().as_str(), req.uri().path())
+    else {
         return HttpResponse::NotFound().body("default backend - 404\n");
     };
-    let Some(endpoints) = routes.services.get(&backend.service) else {
+    let Some(endpoints) = gateway.services.get(&backend.service) else {
         return no_ready_endpoint(&backend.service);
     };
     let peer = req
@@ -87,7 +91,7 @@ async fn route(req: HttpRequest, body: web::Bytes, routes: web::Data<Routes>) ->
     // The slot is held until the answer's body has been sent, as nginx's limit_conn
     // counts a request until it completes: an open live stream holds one.
     endpoints
-        .forward(&routes.client, &req, body, &headers)
+        .forward(&gateway.client, &req, body, &headers)
         .await
         .map_body(|_, body| Held { body, _slot: slot })
         .map_into_boxed_body()
@@ -176,10 +180,11 @@ mod tests {
 
     use super::*;
 
-    fn manifest() -> Ingress {
-        let file =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s/ingress-srv.yaml");
-        Ingress::load(&file).unwrap()
+    use crate::routes::RouteSource;
+
+    fn manifest() -> Routes {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        Routes::load(&root, RouteSource::Ingress).unwrap()
     }
 
     /// The repository's Ingress in front of one stand-in backend for every Service; the
@@ -193,11 +198,10 @@ mod tests {
             .unwrap()
             .run();
         tokio::spawn(server);
-        let file =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s/ingress-srv.yaml");
-        let ingress = Ingress::load(&file).unwrap();
-        let services = ingress
+        let routes = manifest();
+        let services = routes
             .backends()
+            .into_iter()
             .map(|(_, backend)| {
                 let endpoints = Endpoints::new(&backend.service, vec![backend_url.clone()]);
                 endpoints.admit(&backend_url);
@@ -206,14 +210,14 @@ mod tests {
             .collect();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        start(ingress, services, listener).unwrap();
+        start(routes, services, listener).unwrap();
         url
     }
 
     #[actix_web::test]
     async fn over_the_manifests_limit_a_client_gets_429_with_the_json_error_and_retry_after() {
         let url = gateway().await;
-        let limits = manifest().limits;
+        let limits = manifest().limits();
         let burst = limits.burst as usize;
         assert!(burst > 0, "the manifest sets a rate limit");
         let client = reqwest::Client::new();
@@ -251,7 +255,7 @@ mod tests {
     async fn at_the_manifests_steady_rate_a_client_is_never_refused() {
         let url = gateway().await;
         let client = reqwest::Client::new();
-        let rps = manifest().limits.rps.unwrap();
+        let rps = manifest().limits().rps.unwrap();
         let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
         for n in 0..60 {
             every.tick().await;

@@ -1,14 +1,17 @@
 //! `cargo run -p devstack`: the whole microblog on this machine, with no Docker and no
 //! cluster. A private PostgreSQL, the five services built and supervised, the React
-//! client, and a gateway on one port that routes by `infra/k8s/ingress-srv.yaml`.
+//! client, and a gateway on one port that routes by `infra/k8s/ingress-srv.yaml` (or by
+//! the gateway overlay's HTTPRoutes, `--routes gateway`).
 //! `devstack topology --json` prints the service topology for scripts.
 
 mod client;
 mod gateway;
+mod httproute;
 mod ingress;
 mod observe;
 mod postgres;
 mod ratelimit;
+mod routes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,25 +26,29 @@ use harness::stack::{local_url, Logs, Ports, Stack, StackOptions};
 use harness::topology::{self, CLIENT, SERVICES};
 use tokio::sync::watch;
 
-use crate::ingress::Ingress;
 use crate::observe::Observer;
+use crate::routes::{RouteSource, Routes};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str =
-    "usage: cargo run -p devstack -- [--port N] [--replicas N] [--observe] [--fresh] [--data DIR]
+    "usage: cargo run -p devstack -- [--port N] [--replicas N] [--routes ingress|gateway] [--observe]
+                                [--fresh] [--data DIR]
        cargo run -p devstack -- topology --json
 
   --port N      the gateway's port (default 8080)
   --replicas N  instances of every service (default 1; up to 8), behind a proxy on the
                 service's port that spreads requests across the ready ones
+  --routes R    what the gateway routes by: ingress (default) applies infra/k8s/ingress-srv.yaml
+                as ingress-nginx does, with its rate limits; gateway applies the HTTPRoutes of
+                infra/overlays/gateway as Gateway API (Envoy Gateway) does, without limits
   --observe     also run Prometheus (Debian's prometheus package) on port 9090, scraping
                 every instance, with the rules and alerts of infra/prometheus/rules.yml
   --fresh       delete the local data and start empty
   --data DIR    where the local data lives (default .devstack/ in the repository)
 
 Runs PostgreSQL (data in .devstack/), the five services, the client, and a gateway that
-routes by infra/k8s/ingress-srv.yaml. Ctrl-C stops everything.
+routes by infra/k8s/ingress-srv.yaml (or the HTTPRoutes). Ctrl-C stops everything.
 `topology --json` prints the services (names, Services, ports, databases, roles, the
 environment each reads) and the public route table, for scripts and the offline checks.";
 
@@ -51,6 +58,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(120);
 struct Options {
     port: u16,
     replicas: usize,
+    routes: RouteSource,
     observe: bool,
     fresh: bool,
     data: Option<PathBuf>,
@@ -65,6 +73,7 @@ fn command() -> Result<Command, String> {
     let mut options = Options {
         port: 8080,
         replicas: 1,
+        routes: RouteSource::Ingress,
         observe: false,
         fresh: false,
         data: None,
@@ -93,6 +102,13 @@ fn command() -> Result<Command, String> {
                     .and_then(|n| n.parse().ok())
                     .filter(|n| (1..=8).contains(n))
                     .ok_or("--replicas needs a number from 1 to 8")?
+            }
+            "--routes" => {
+                options.routes = args
+                    .next()
+                    .as_deref()
+                    .and_then(RouteSource::parse)
+                    .ok_or("--routes needs ingress or gateway")?
             }
             "--data" => {
                 let dir = PathBuf::from(args.next().ok_or("--data needs a directory")?);
@@ -142,8 +158,8 @@ async fn run(root: &Path, options: Options) -> Result<(), Error> {
     // First of all, so that Ctrl-C at any point stops what has started, in order, instead
     // of killing devstack and orphaning its children.
     let interrupted = interruption()?;
-    let ingress = Ingress::load(&root.join("infra/k8s/ingress-srv.yaml"))?;
-    let ports = local_ports(&ingress)?;
+    let routes = Routes::load(root, options.routes)?;
+    let ports = local_ports(&routes)?;
     if ports.values().any(|p| *p == options.port) || options.port == 0 {
         return Err(format!(
             "--port {} is taken by a service; choose another",
@@ -182,7 +198,7 @@ async fn run(root: &Path, options: Options) -> Result<(), Error> {
             binaries,
             postgres: &postgres,
         };
-        local.serve(ingress, ports, listeners, interrupted).await
+        local.serve(routes, ports, listeners, interrupted).await
     };
     let stopped = postgres.stop().await;
     say(&format!(
@@ -221,31 +237,33 @@ async fn unless_interrupted<T, E: Into<Error>>(
     }
 }
 
-/// Every backend the Ingress names must be a local process on the Service's port, or
+/// Every backend the routes name must be a local process on the Service's port, or
 /// the manifest is wrong — and then the local run fails as the cluster would.
-fn local_ports(ingress: &Ingress) -> Result<HashMap<String, u16>, Error> {
+fn local_ports(routes: &Routes) -> Result<HashMap<String, u16>, Error> {
     let mut ports: HashMap<String, u16> = SERVICES
         .iter()
         .map(|s| (s.k8s_service.to_owned(), s.port))
         .collect();
     ports.insert(CLIENT.k8s_service.to_owned(), CLIENT.port);
-    for (path, backend) in ingress.backends() {
+    for (path, backend) in routes.backends() {
         match ports.get(&backend.service) {
             Some(port) if *port == backend.port => {}
             Some(port) => {
                 return Err(format!(
-                    "Ingress {}: path {path:?} goes to {}:{}, but that Service listens on {port}",
-                    ingress.name, backend.service, backend.port
+                    "{}: path {path:?} goes to {}:{}, but that Service listens on {port}",
+                    routes.describe(),
+                    backend.service,
+                    backend.port
                 )
                 .into())
             }
             None => {
                 return Err(format!(
-                "Ingress {}: path {path:?} goes to Service {:?}, which does not exist (known: {})",
-                ingress.name,
-                backend.service,
-                ports.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
+                    "{}: path {path:?} goes to Service {:?}, which does not exist (known: {})",
+                    routes.describe(),
+                    backend.service,
+                    ports.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
                 .into())
             }
         }
@@ -300,7 +318,7 @@ impl Local<'_> {
     /// first, then the services (the bus last), whichever way the run ends.
     async fn serve(
         &self,
-        ingress: Ingress,
+        routes: Routes,
         ports: HashMap<String, u16>,
         listeners: Listeners,
         mut interrupted: watch::Receiver<bool>,
@@ -310,14 +328,15 @@ impl Local<'_> {
         let mut stack = Stack::plan(&self.stack_options(&token), |service| {
             format!("{}/{}", self.postgres.url(), service.database)
         })?;
-        let hosts: Vec<String> = ingress.hosts().map(str::to_owned).collect();
+        let hosts = routes.hosts();
+        let routed_by = routes.describe();
         let mut servers = Vec::new();
         // Up at once, like an ingress in front of pods that are still starting: the page
         // loads, and the API answers 503 with Retry-After until an instance is ready.
         let client = Endpoints::new(CLIENT.k8s_service, vec![local_url(CLIENT.port)]);
         let client_probe = client.probe();
         let mut outcome =
-            self.start_servers(ingress, &ports, &stack, client, listeners, &mut servers);
+            self.start_servers(routes, &ports, &stack, client, listeners, &mut servers);
         if outcome.is_ok() {
             outcome = unless_interrupted(&interrupted, stack.start()).await;
         }
@@ -330,7 +349,7 @@ impl Local<'_> {
             }
         }
         if outcome.is_ok() {
-            self.announce(&token, &hosts);
+            self.announce(&token, &hosts, &routed_by);
             let _ = interrupted.wait_for(|i| *i).await;
         }
         say("devstack: stopping (SIGTERM to every service, then waiting for each)");
@@ -374,7 +393,7 @@ impl Local<'_> {
 
     fn start_servers(
         &self,
-        ingress: Ingress,
+        routes: Routes,
         ports: &HashMap<String, u16>,
         stack: &Stack,
         client: Arc<Endpoints>,
@@ -392,14 +411,16 @@ impl Local<'_> {
             .map(|name| (name.clone(), stack.endpoints(name)))
             .collect();
         services.insert(CLIENT.k8s_service.to_owned(), client);
-        servers.push(gateway::start(ingress, services, listeners.gateway)?);
+        servers.push(gateway::start(routes, services, listeners.gateway)?);
         Ok(())
     }
 
-    fn announce(&self, token: &str, hosts: &[String]) {
+    fn announce(&self, token: &str, hosts: &[String], routed_by: &str) {
         let port = self.options.port;
         say("");
-        say(&format!("  The microblog is up: http://localhost:{port}/"));
+        say(&format!(
+            "  The microblog is up: http://localhost:{port}/ (routed by {routed_by})"
+        ));
         for host in hosts {
             say(&format!(
                 "  (also as http://{host}:{port} once /etc/hosts maps {host} to 127.0.0.1)"
@@ -433,7 +454,7 @@ mod tests {
     }
 
     /// The repository's Ingress with query's backend replaced.
-    fn ingress_to(service: &str, port: u16) -> Ingress {
+    fn ingress_to(service: &str, port: u16) -> Routes {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s/ingress-srv.yaml");
         let text = std::fs::read_to_string(file)
             .unwrap()
@@ -445,7 +466,17 @@ mod tests {
                 &format!("number: {}", query().port),
                 &format!("number: {port}"),
             );
-        Ingress::parse(&text).unwrap()
+        Routes::Ingress(ingress::Ingress::parse(&text).unwrap())
+    }
+
+    #[test]
+    fn every_backend_of_the_gateway_overlay_runs_locally() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let routes = Routes::load(&root, RouteSource::Gateway).unwrap();
+        assert_eq!(
+            local_ports(&routes).unwrap()[query().k8s_service],
+            query().port
+        );
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// What a gateway without rate limits applies: the Gateway API has no standard
+    /// field for them.
+    pub const NONE: Self = Self {
+        rps: None,
+        burst: 0.0,
+        connections: None,
+    };
+
     /// From an Ingress's `metadata.annotations`, with ingress-nginx's defaults (a burst
     /// multiplier of 5). Values ingress-nginx would not accept are errors here.
     pub fn from_annotations(annotations: &Yaml) -> Result<Self, String> {
