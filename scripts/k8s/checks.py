@@ -426,6 +426,10 @@ def check_overlays(root: Path, _topology: Topology, report: Report) -> None:
             report.error(f"{OVERLAYS_DIR}/{name}: {exc}")
             continue
         for doc in docs:
+            # Gateway API kinds are CRDs kubernetes-validate has no schema for; their
+            # validation against the vendored CRD schemas is the open part of issue 15.
+            if str(doc.get("apiVersion", "")).startswith("gateway.networking.k8s.io/"):
+                continue
             validate_strictly(doc, str(Resource(doc, f"{OVERLAYS_DIR}/{name} (rendered)")), report)
         if name == "prod":
             check_prod(root, [Resource(d, f"{PROD_OVERLAY} (rendered)") for d in docs], report)
