@@ -166,7 +166,7 @@ impl HttpRoutes {
     /// served as the first hostname the routes name, as the Ingress's local routing does,
     /// so the local run answers on any address as well as on the manifests' own host.
     pub fn route(&self, host: Option<&str>, method: &str, path: &str) -> Option<&Backend> {
-        let host = host.map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
+        let host = host.map(crate::routes::host_name);
         let group = host
             .as_deref()
             .and_then(|h| self.group_for(h))

@@ -101,7 +101,7 @@ impl Ingress {
     /// names (localhost, 127.0.0.1) is served by the first rule, so the local run answers
     /// on any address as well as on the manifest's own host.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Backend> {
-        let host = host.map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
+        let host = host.map(crate::routes::host_name);
         let rule = self
             .rules
             .iter()

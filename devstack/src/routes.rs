@@ -13,6 +13,16 @@ use crate::Error;
 pub const INGRESS_FILE: &str = "infra/k8s/ingress-srv.yaml";
 pub const GATEWAY_OVERLAY: &str = "infra/overlays/gateway";
 
+/// The host a `Host` header names, as both rule sets match it: without the port, in
+/// lower case.
+pub fn host_name(header: &str) -> String {
+    header
+        .split(':')
+        .next()
+        .unwrap_or(header)
+        .to_ascii_lowercase()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteSource {
     Ingress,
