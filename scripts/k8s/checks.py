@@ -26,10 +26,14 @@ Checks, each failing the run on a real mistake:
              topology vs the manifests (Deployments, images, ports, Services,
              databases, the bus's subscribers), the code (which services consume
              events) and the Dockerfiles (one stage per service, the services built)
-  checkov    policy scan of manifests and Dockerfiles; accepted findings only from
-             infra/checks/checkov-skips.yaml, each with its reason
+  checkov    policy scan of manifests, overlay renderings and Dockerfiles; accepted
+             findings only from infra/checks/checkov-skips.yaml, each with its reason
   hadolint   every Dockerfile, failure threshold warning, ignores only in .hadolint.yaml
   skaffold   skaffold.yaml against the skaffold/v4beta14 JSON schema
+  overlays   every overlay renders; each rendering passes the strict schema (Gateway
+             API objects against the vendored CRD schemas, gateway_api.py), the
+             resource cross-references of refs and the front-door checks; prod's and
+             gateway's own rules
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +55,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import kubernetes_validate
 import yaml
+
+import gateway_api
 
 HERE = Path(__file__).resolve().parent
 
@@ -267,6 +274,11 @@ KUSTOMIZATION = "kustomization.yaml"
 OVERLAYS_DIR = "infra/overlays"
 DEV_OVERLAY = f"{OVERLAYS_DIR}/dev"
 PROD_OVERLAY = f"{OVERLAYS_DIR}/prod"
+RESTORE_JOB = f"{PROD_OVERLAY}/event-bus-restore.yaml"  # applied by hand (docs/operations.md)
+# The namespaces the front doors' proxies run in (docs/kubernetes.md): ingress-nginx's,
+# and Envoy Gateway's for the gateway overlay.
+INGRESS_NAMESPACE = "ingress-nginx"
+GATEWAY_NAMESPACE = "envoy-gateway-system"
 
 
 def manifest_files(root: Path) -> list[Path]:
@@ -311,18 +323,24 @@ def load_manifests(root: Path, report: Report) -> list[Resource]:
     return resources
 
 
-def pod_spec(res: Resource) -> dict | None:
+def pod_template(res: Resource) -> dict | None:
+    """The pod a workload runs, as {metadata, spec}."""
+    spec = res.doc.get("spec") or {}
+    if res.kind == "CronJob":
+        return ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template")
     if res.kind in WORKLOAD_KINDS:
-        return ((res.doc.get("spec") or {}).get("template") or {}).get("spec")
+        return spec.get("template")
     if res.kind == "Pod":
-        return res.doc.get("spec")
+        return res.doc
     return None
 
 
+def pod_spec(res: Resource) -> dict | None:
+    return (pod_template(res) or {}).get("spec")
+
+
 def pod_labels(res: Resource) -> dict:
-    if res.kind == "Pod":
-        return (res.doc.get("metadata") or {}).get("labels") or {}
-    return (((res.doc.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+    return ((pod_template(res) or {}).get("metadata") or {}).get("labels") or {}
 
 
 def containers(spec: dict) -> list[dict]:
@@ -403,44 +421,85 @@ def check_skaffold(root: Path, _topology: Topology, report: Report) -> None:
 
 
 # ---------------------------------------------------------------------------------- overlays
-def check_overlays(root: Path, _topology: Topology, report: Report) -> None:
-    """Every overlay renders, and its rendering is valid for Kubernetes in strict mode;
-    skaffold has a profile for each overlay but dev (its default). prod deploys no
-    Secret (each one a pod reads is a base Secret's name, created out of band), runs
-    every Deployment at two replicas or more, and labels its namespace for the Pod
-    Security restricted profile."""
-    overlays = sorted(p.name for p in (root / OVERLAYS_DIR).iterdir() if (p / KUSTOMIZATION).is_file())
-    if "dev" not in overlays or "prod" not in overlays:
-        report.error(f"{OVERLAYS_DIR}: expected the overlays dev and prod, found {overlays}")
+def overlay_names(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / OVERLAYS_DIR).iterdir() if (p / KUSTOMIZATION).is_file())
+
+
+def check_overlays(root: Path, topology: Topology, report: Report) -> None:
+    """Every overlay renders; each rendering is valid for Kubernetes in strict mode (its
+    Gateway API objects against the vendored CRD schemas) and passes the resource
+    cross-references; skaffold has a profile for each overlay but dev (its default).
+    prod deploys no Secret (each one a pod reads is a base Secret's name, created out of
+    band), runs every Deployment at two replicas or more, and labels its namespace for
+    the Pod Security restricted profile. gateway routes by HTTPRoutes, not the Ingress."""
+    overlays = overlay_names(root)
+    if not {"dev", "prod", "gateway"} <= set(overlays):
+        report.error(f"{OVERLAYS_DIR}: expected the overlays dev, gateway and prod, found {overlays}")
     skaffold = load_skaffold(root, report) or {}
     profiles = {
         p.get("name"): (((p.get("manifests") or {}).get("kustomize")) or {}).get("paths")
         for p in skaffold.get("profiles") or []
     }
+    base_secrets = frozenset(r.name for r in load_manifests(root, Report()) if r.kind == "Secret")
     for name in overlays:
         if name != "dev" and profiles.get(name) != [f"{OVERLAYS_DIR}/{name}"]:
             report.error(f"{SKAFFOLD_FILE}: no profile {name} deploying [{OVERLAYS_DIR}/{name}] (found {profiles.get(name)})")
         try:
-            docs = kustomize(root, f"{OVERLAYS_DIR}/{name}")
+            rendered = [Resource(d, f"{OVERLAYS_DIR}/{name} (rendered)") for d in kustomize(root, f"{OVERLAYS_DIR}/{name}")]
         except RuntimeError as exc:
             report.error(f"{OVERLAYS_DIR}/{name}: {exc}")
             continue
-        for doc in docs:
-            # Gateway API kinds are CRDs kubernetes-validate has no schema for; their
-            # validation against the vendored CRD schemas is the open part of issue 15.
-            if str(doc.get("apiVersion", "")).startswith("gateway.networking.k8s.io/"):
-                continue
-            validate_strictly(doc, str(Resource(doc, f"{OVERLAYS_DIR}/{name} (rendered)")), report)
+        for res in rendered:
+            if gateway_api.is_gateway_api(res.doc):
+                gateway_api.validate(res.doc, str(res), report.error)
+            else:
+                validate_strictly(res.doc, str(res), report)
+        index = Index(rendered)
+        check_resource_refs(index, report, base_secrets if name == "prod" else frozenset())
+        check_front_door(index, topology, report)
         if name == "prod":
-            check_prod(root, [Resource(d, f"{PROD_OVERLAY} (rendered)") for d in docs], report)
+            check_prod(rendered, base_secrets, report)
+        if name == "gateway" and index.by_kind.get("Ingress"):
+            report.error(f"{OVERLAYS_DIR}/gateway: renders an Ingress besides its HTTPRoutes: two front doors")
     # Applied by hand, not rendered: checked all the same.
-    restore = root / PROD_OVERLAY / "event-bus-restore.yaml"
+    restore = root / RESTORE_JOB
     for doc in yaml.safe_load_all(restore.read_text()) if restore.is_file() else []:
         validate_strictly(doc, str(Resource(doc, str(restore.relative_to(root)))), report)
 
 
-def check_prod(root: Path, rendered: list[Resource], report: Report) -> None:
-    base_secrets = {r.name for r in load_manifests(root, Report()) if r.kind == "Secret"}
+def check_front_door(index: Index, topology: Topology, report: Report) -> None:
+    """One front door per rendering (an Ingress for ingress-nginx, or HTTPRoutes for the
+    Gateway), which sends requests to every Service the topology's routes name, and
+    whose controller's namespace, and no other's, each of those services' pods admit."""
+    routes = index.by_kind.get("HTTPRoute", [])
+    ingresses = index.by_kind.get("Ingress", [])
+    if routes:
+        door, allowed, refused = "its HTTPRoutes", GATEWAY_NAMESPACE, INGRESS_NAMESPACE
+        backends = {b.get("name") for r in routes for rule in (r.doc.get("spec") or {}).get("rules") or [] for b in rule.get("backendRefs") or []}
+    else:
+        door, allowed, refused = "its Ingress", INGRESS_NAMESPACE, GATEWAY_NAMESPACE
+        backends = {((p.get("backend") or {}).get("service") or {}).get("name") for ing in ingresses for p in ingress_paths(ing)}
+    where = next((r.file for r in index.resources), OVERLAYS_DIR)
+    for service in sorted({svc for _, svc in topology.routes} - backends):
+        report.error(f"{where}: {door} send nothing to {service}, which the topology's routes need")
+    for service in sorted(backends):
+        svc = next((s for s in index.by_kind.get("Service", []) if s.name == service), None)
+        selector = ((svc.doc.get("spec") or {}).get("selector") or {}) if svc else {}
+        for pods in index.pods_selected({"matchLabels": selector}, svc.namespace) if selector else []:
+            admitted = {
+                ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name")
+                for pol in index.by_kind.get("NetworkPolicy", [])
+                if pol.namespace == pods.namespace and selects((pol.doc.get("spec") or {}).get("podSelector") or {}, pod_labels(pods))
+                for rule in (pol.doc.get("spec") or {}).get("ingress") or []
+                for peer in rule.get("from") or []
+            }
+            if allowed not in admitted:
+                report.error(f"{pods}: no NetworkPolicy admits {allowed}, whose proxies {door} send {service}'s requests from")
+            if refused in admitted:
+                report.error(f"{pods}: a NetworkPolicy admits {refused}, which is no front door of this rendering")
+
+
+def check_prod(rendered: list[Resource], base_secrets: frozenset[str], report: Report) -> None:
     for res in rendered:
         if res.kind == "Secret":
             report.error(f"{res}: the prod overlay deploys a Secret from git; create it out of band instead")
@@ -702,28 +761,59 @@ def rel_paths(root: Path, paths: set[str]) -> str:
     return ", ".join(sorted(str(Path(p).relative_to(root)) for p in paths))
 
 
-def check_refs(root: Path, topology: Topology, report: Report) -> None:
-    resources = load_manifests(root, report)
-    by_kind: dict[str, list[Resource]] = {}
-    for res in resources:
-        by_kind.setdefault(res.kind, []).append(res)
+class Index:
+    """One set of manifests (the base's files, or one overlay's rendering), looked up
+    by kind, name and namespace."""
 
-    def find(kind: str, name: str, namespace: str = "default") -> Resource | None:
-        for res in by_kind.get(kind, []):
+    def __init__(self, resources: list[Resource]):
+        self.resources = resources
+        self.by_kind: dict[str, list[Resource]] = {}
+        for res in resources:
+            self.by_kind.setdefault(res.kind, []).append(res)
+        self.workloads = [r for r in resources if pod_spec(r) is not None]
+
+    def find(self, kind: str, name: str, namespace: str = "default") -> Resource | None:
+        for res in self.by_kind.get(kind, []):
             if res.name == name and res.namespace == namespace:
                 return res
         return None
 
-    workloads = [r for r in resources if pod_spec(r) is not None]
+    def pods_selected(self, selector: dict, namespace: str) -> list[Resource]:
+        return [w for w in self.workloads if w.namespace == namespace and selects(selector, pod_labels(w))]
+
+    def service_port(self, name: str, port: int | str, namespace: str = "default") -> bool:
+        svc = self.find("Service", name, namespace)
+        if svc is None:
+            return False
+        return any(port in (p.get("port"), p.get("name")) for p in (svc.doc.get("spec") or {}).get("ports") or [])
+
+
+def container_ports(workload: Resource) -> list[dict]:
+    return [p for c in containers(pod_spec(workload) or {}) for p in c.get("ports") or []]
+
+
+def ingress_paths(ing: Resource) -> list[dict]:
+    return [p for rule in (ing.doc.get("spec") or {}).get("rules") or [] for p in ((rule.get("http") or {}).get("paths")) or []]
+
+
+def check_resource_refs(index: Index, report: Report, absent_secrets: frozenset[str] = frozenset()) -> None:
+    """What no schema sees, within one set of manifests: selectors, Service, Ingress and
+    HTTPRoute backends, Secret and ConfigMap keys, volumes, probe and policy ports,
+    budgets, labels. `absent_secrets` may be referenced without being there (prod's,
+    created out of band)."""
+    find, by_kind, workloads, pods_selected, service_port = (
+        index.find, index.by_kind, index.workloads, index.pods_selected, index.service_port,
+    )
     seen: set[tuple[str, str, str]] = set()
-    for res in resources:
+    for res in index.resources:
         key = (res.kind, res.namespace, res.name)
         if key in seen:
             report.error(f"{res}: defined twice")
         seen.add(key)
 
+
     # Labels: the conventions every resource of ours carries.
-    for res in resources:
+    for res in index.resources:
         meta_labels = (res.doc.get("metadata") or {}).get("labels") or {}
         if meta_labels.get(PART_OF[0]) != PART_OF[1]:
             report.error(f"{res}: label {PART_OF[0]}: {PART_OF[1]} missing")
@@ -737,14 +827,9 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
         if labels.get(PART_OF[0]) != PART_OF[1]:
             report.error(f"{res}: pod template label {PART_OF[0]}: {PART_OF[1]} missing")
         selector = (res.doc.get("spec") or {}).get("selector")
-        if res.kind != "Pod" and (not selector or not selects(selector, labels)):
+        # A Job's (and a CronJob's) selector is generated by the API server.
+        if res.kind not in ("Pod", "Job", "CronJob") and (not selector or not selects(selector, labels)):
             report.error(f"{res}: spec.selector does not match its own pod template's labels")
-
-    def pods_selected(selector: dict, namespace: str) -> list[Resource]:
-        return [w for w in workloads if w.namespace == namespace and selects(selector, pod_labels(w))]
-
-    def container_ports(workload: Resource) -> list[dict]:
-        return [p for c in containers(pod_spec(workload) or {}) for p in c.get("ports") or []]
 
     # Services: the selector matches some pod template; each targetPort exists there.
     services: dict[str, Resource] = {}
@@ -770,26 +855,11 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
                 if not ok:
                     report.error(f"{svc}: targetPort {target!r} is not a container port of {workload}")
 
-    def service_port(name: str, port: int | str, namespace: str = "default") -> bool:
-        svc = find("Service", name, namespace)
-        if svc is None:
-            return False
-        for p in (svc.doc.get("spec") or {}).get("ports") or []:
-            if port in (p.get("port"), p.get("name")):
-                return True
-        return False
-
-    # Ingress: every backend is an existing Service and port; the routing is the course's.
+    # Ingress: every backend is an existing Service and port.
     for ing in by_kind.get("Ingress", []):
         spec = ing.doc.get("spec") or {}
-        backends = []
-        if spec.get("defaultBackend"):
-            backends.append(spec["defaultBackend"])
-        paths = []
-        for rule in spec.get("rules") or []:
-            for p in ((rule.get("http") or {}).get("paths")) or []:
-                backends.append(p.get("backend") or {})
-                paths.append(p)
+        backends = [spec["defaultBackend"]] if spec.get("defaultBackend") else []
+        backends += [p.get("backend") or {} for p in ingress_paths(ing)]
         for backend in backends:
             svc = backend.get("service") or {}
             name = svc.get("name")
@@ -798,8 +868,133 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
                 report.error(f"{ing}: backend Service {name!r} does not exist")
             elif not service_port(name, port, ing.namespace):
                 report.error(f"{ing}: backend {name}:{port} is not a port of Service {name}")
+    gateway_api.check_refs(index.resources, find, service_port, report.error)
+
+    # Secrets and ConfigMaps: every referenced object and key exists.
+    def keys_of(kind: str, name: str, namespace: str) -> set[str] | None:
+        res = find(kind, name, namespace)
+        if res is None:
+            return None
+        keys = set((res.doc.get("data") or {}).keys())
+        keys |= set((res.doc.get("stringData") or {}).keys())
+        keys |= set((res.doc.get("binaryData") or {}).keys())
+        return keys
+
+    def check_key(res: Resource, where: str, kind: str, ref: dict, key: str | None) -> None:
+        name = ref.get("name") or ref.get("secretName") or ""
+        keys = keys_of(kind, name, res.namespace)
+        if keys is None and kind == "Secret" and name in absent_secrets:
+            return
+        if keys is None:
+            report.error(f"{res}: {where}: {kind} {name!r} does not exist")
+        elif key is not None and key not in keys:
+            report.error(f"{res}: {where}: {kind} {name!r} has no key {key!r} (it has {sorted(keys)})")
+
+    for res in workloads:
+        spec = pod_spec(res) or {}
+        for c in containers(spec):
+            cname = c.get("name")
+            for env in c.get("env") or []:
+                source = env.get("valueFrom") or {}
+                if "secretKeyRef" in source:
+                    ref = source["secretKeyRef"]
+                    check_key(res, f"{cname} env {env.get('name')}", "Secret", ref, ref.get("key"))
+                if "configMapKeyRef" in source:
+                    ref = source["configMapKeyRef"]
+                    check_key(res, f"{cname} env {env.get('name')}", "ConfigMap", ref, ref.get("key"))
+            for env_from in c.get("envFrom") or []:
+                if "secretRef" in env_from:
+                    check_key(res, f"{cname} envFrom", "Secret", env_from["secretRef"], None)
+                if "configMapRef" in env_from:
+                    check_key(res, f"{cname} envFrom", "ConfigMap", env_from["configMapRef"], None)
+        for vol in spec.get("volumes") or []:
+            for kind, field_name in (("Secret", "secret"), ("ConfigMap", "configMap")):
+                if field_name in vol:
+                    ref = vol[field_name]
+                    check_key(res, f"volume {vol.get('name')}", kind, ref, None)
+                    for item in ref.get("items") or []:
+                        check_key(res, f"volume {vol.get('name')}", kind, ref, item.get("key"))
+            mounts = {m.get("name") for c in containers(spec) for m in c.get("volumeMounts") or []}
+            if vol.get("name") not in mounts:
+                report.error(f"{res}: volume {vol.get('name')} is mounted by no container")
+        claim_names = {
+            (t.get("metadata") or {}).get("name")
+            for t in (res.doc.get("spec") or {}).get("volumeClaimTemplates") or []
+        }
+        volume_names = {v.get("name") for v in spec.get("volumes") or []} | claim_names
+        for c in containers(spec):
+            for m in c.get("volumeMounts") or []:
+                if m.get("name") not in volume_names:
+                    report.error(f"{res}: container {c.get('name')} mounts unknown volume {m.get('name')!r}")
+
+    # Probes: the port they use exists.
+    for res in workloads:
+        for c in containers(pod_spec(res) or {}):
+            names = {p.get("name") for p in c.get("ports") or []}
+            numbers = {p.get("containerPort") for p in c.get("ports") or []}
+            for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = c.get(probe_name) or {}
+                for handler in ("httpGet", "tcpSocket", "grpc"):
+                    port = (probe.get(handler) or {}).get("port")
+                    if port is not None and port not in names and port not in numbers:
+                        report.error(f"{res}: {c.get('name')} {probe_name} uses port {port!r}, which the container does not expose")
+
+    # PodDisruptionBudgets: one per Deployment, selecting exactly its pods, never
+    # blocking a drain of a one-replica Deployment.
+    budgets = by_kind.get("PodDisruptionBudget", [])
+    for pdb in budgets:
+        spec = pdb.doc.get("spec") or {}
+        if not pods_selected(spec.get("selector") or {}, pdb.namespace):
+            report.error(f"{pdb}: selector {spec.get('selector')} selects no pod template")
+        if "minAvailable" in spec:
+            report.error(f"{pdb}: use maxUnavailable: minAvailable blocks every drain of a Deployment scaled to one replica")
+    for depl in by_kind.get("Deployment", []):
+        covering = [p for p in budgets if p.namespace == depl.namespace and selects((p.doc.get("spec") or {}).get("selector") or {}, pod_labels(depl))]
+        if len(covering) != 1:
+            report.error(f"{depl}: expected one PodDisruptionBudget selecting its pods, found {len(covering)}")
+
+    # NetworkPolicies: each selects some pod; each peer selects some pod; ports exist.
+    for pol in by_kind.get("NetworkPolicy", []):
+        spec = pol.doc.get("spec") or {}
+        targets = pods_selected(spec.get("podSelector") or {}, pol.namespace)
+        if not targets:
+            report.error(f"{pol}: podSelector {spec.get('podSelector')} selects no pod template")
+        for direction in ("ingress", "egress"):
+            for rule in spec.get(direction) or []:
+                peers = rule.get("from" if direction == "ingress" else "to") or []
+                for peer in peers:
+                    if "podSelector" in peer and "namespaceSelector" not in peer:
+                        if not pods_selected(peer["podSelector"], pol.namespace):
+                            report.error(f"{pol}: {direction} peer podSelector {peer['podSelector']} selects no pod template")
+                if direction == "ingress":
+                    for port in rule.get("ports") or []:
+                        value = port.get("port")
+                        for workload in targets:
+                            ports = container_ports(workload)
+                            if not any(value in (p.get("containerPort"), p.get("name")) for p in ports):
+                                report.error(f"{pol}: allows port {value!r}, which {workload} does not expose")
+    # A server nobody can reach is a mistake; a Job (a backup) serves nothing.
+    for res in (w for w in workloads if w.kind not in ("Job", "CronJob")):
+        if not any(
+            selects((pol.doc.get("spec") or {}).get("podSelector") or {}, pod_labels(res))
+            and (pol.doc.get("spec") or {}).get("ingress")
+            for pol in by_kind.get("NetworkPolicy", [])
+        ):
+            report.error(f"{res}: no NetworkPolicy allows any traffic to it")
+
+
+
+def check_refs(root: Path, topology: Topology, report: Report) -> None:
+    index = Index(load_manifests(root, report))
+    check_resource_refs(index, report)
+    find, by_kind, workloads, pods_selected, service_port = (
+        index.find, index.by_kind, index.workloads, index.pods_selected, index.service_port,
+    )
+    # The routing is the course's.
+    for ing in by_kind.get("Ingress", []):
         if Path(ing.file).name == INGRESS_FILE:
-            check_ingress_contract(ing, paths, topology, report)
+            check_ingress_contract(ing, ingress_paths(ing), topology, report)
+
 
     # Images: every one is built by skaffold (or pinned from a registry); every
     # artifact is used; every target is a stage of its Dockerfile.
@@ -851,64 +1046,9 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
         except RuntimeError as exc:
             report.error(f"{SKAFFOLD_FILE}: {exc}")
             rendered = None
-        for res in resources if rendered is not None else []:
+        for res in index.resources if rendered is not None else []:
             if (res.kind, res.name) not in rendered:
                 report.error(f"{res}: not deployed by {SKAFFOLD_FILE}: {MANIFEST_DIR}/{KUSTOMIZATION} does not list {Path(res.file).name}")
-
-    # Secrets and ConfigMaps: every referenced object and key exists.
-    def keys_of(kind: str, name: str, namespace: str) -> set[str] | None:
-        res = find(kind, name, namespace)
-        if res is None:
-            return None
-        keys = set((res.doc.get("data") or {}).keys())
-        keys |= set((res.doc.get("stringData") or {}).keys())
-        keys |= set((res.doc.get("binaryData") or {}).keys())
-        return keys
-
-    def check_key(res: Resource, where: str, kind: str, ref: dict, key: str | None) -> None:
-        name = ref.get("name") or ref.get("secretName") or ""
-        keys = keys_of(kind, name, res.namespace)
-        if keys is None:
-            report.error(f"{res}: {where}: {kind} {name!r} does not exist")
-        elif key is not None and key not in keys:
-            report.error(f"{res}: {where}: {kind} {name!r} has no key {key!r} (it has {sorted(keys)})")
-
-    for res in workloads:
-        spec = pod_spec(res) or {}
-        for c in containers(spec):
-            cname = c.get("name")
-            for env in c.get("env") or []:
-                source = env.get("valueFrom") or {}
-                if "secretKeyRef" in source:
-                    ref = source["secretKeyRef"]
-                    check_key(res, f"{cname} env {env.get('name')}", "Secret", ref, ref.get("key"))
-                if "configMapKeyRef" in source:
-                    ref = source["configMapKeyRef"]
-                    check_key(res, f"{cname} env {env.get('name')}", "ConfigMap", ref, ref.get("key"))
-            for env_from in c.get("envFrom") or []:
-                if "secretRef" in env_from:
-                    check_key(res, f"{cname} envFrom", "Secret", env_from["secretRef"], None)
-                if "configMapRef" in env_from:
-                    check_key(res, f"{cname} envFrom", "ConfigMap", env_from["configMapRef"], None)
-        for vol in spec.get("volumes") or []:
-            for kind, field_name in (("Secret", "secret"), ("ConfigMap", "configMap")):
-                if field_name in vol:
-                    ref = vol[field_name]
-                    check_key(res, f"volume {vol.get('name')}", kind, ref, None)
-                    for item in ref.get("items") or []:
-                        check_key(res, f"volume {vol.get('name')}", kind, ref, item.get("key"))
-            mounts = {m.get("name") for c in containers(spec) for m in c.get("volumeMounts") or []}
-            if vol.get("name") not in mounts:
-                report.error(f"{res}: volume {vol.get('name')} is mounted by no container")
-        claim_names = {
-            (t.get("metadata") or {}).get("name")
-            for t in (res.doc.get("spec") or {}).get("volumeClaimTemplates") or []
-        }
-        volume_names = {v.get("name") for v in spec.get("volumes") or []} | claim_names
-        for c in containers(spec):
-            for m in c.get("volumeMounts") or []:
-                if m.get("name") not in volume_names:
-                    report.error(f"{res}: container {c.get('name')} mounts unknown volume {m.get('name')!r}")
 
     def env_values(res: Resource, container: dict) -> dict[str, str | None]:
         """Each variable a container gets and its literal value (resolved from the
@@ -1012,60 +1152,6 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
                 f"{depl}: runs nothing the topology ({TOPOLOGY_SOURCE}) knows: its Deployments are "
                 f"{', '.join(sorted(known))}"
             )
-
-    # Probes: the port they use exists.
-    for res in workloads:
-        for c in containers(pod_spec(res) or {}):
-            names = {p.get("name") for p in c.get("ports") or []}
-            numbers = {p.get("containerPort") for p in c.get("ports") or []}
-            for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
-                probe = c.get(probe_name) or {}
-                for handler in ("httpGet", "tcpSocket", "grpc"):
-                    port = (probe.get(handler) or {}).get("port")
-                    if port is not None and port not in names and port not in numbers:
-                        report.error(f"{res}: {c.get('name')} {probe_name} uses port {port!r}, which the container does not expose")
-
-    # PodDisruptionBudgets: one per Deployment, selecting exactly its pods, never
-    # blocking a drain of a one-replica Deployment.
-    budgets = by_kind.get("PodDisruptionBudget", [])
-    for pdb in budgets:
-        spec = pdb.doc.get("spec") or {}
-        if not pods_selected(spec.get("selector") or {}, pdb.namespace):
-            report.error(f"{pdb}: selector {spec.get('selector')} selects no pod template")
-        if "minAvailable" in spec:
-            report.error(f"{pdb}: use maxUnavailable: minAvailable blocks every drain of a Deployment scaled to one replica")
-    for depl in by_kind.get("Deployment", []):
-        covering = [p for p in budgets if p.namespace == depl.namespace and selects((p.doc.get("spec") or {}).get("selector") or {}, pod_labels(depl))]
-        if len(covering) != 1:
-            report.error(f"{depl}: expected one PodDisruptionBudget selecting its pods, found {len(covering)}")
-
-    # NetworkPolicies: each selects some pod; each peer selects some pod; ports exist.
-    for pol in by_kind.get("NetworkPolicy", []):
-        spec = pol.doc.get("spec") or {}
-        targets = pods_selected(spec.get("podSelector") or {}, pol.namespace)
-        if not targets:
-            report.error(f"{pol}: podSelector {spec.get('podSelector')} selects no pod template")
-        for direction in ("ingress", "egress"):
-            for rule in spec.get(direction) or []:
-                peers = rule.get("from" if direction == "ingress" else "to") or []
-                for peer in peers:
-                    if "podSelector" in peer and "namespaceSelector" not in peer:
-                        if not pods_selected(peer["podSelector"], pol.namespace):
-                            report.error(f"{pol}: {direction} peer podSelector {peer['podSelector']} selects no pod template")
-                if direction == "ingress":
-                    for port in rule.get("ports") or []:
-                        value = port.get("port")
-                        for workload in targets:
-                            ports = container_ports(workload)
-                            if not any(value in (p.get("containerPort"), p.get("name")) for p in ports):
-                                report.error(f"{pol}: allows port {value!r}, which {workload} does not expose")
-    for res in workloads:
-        if not any(
-            selects((pol.doc.get("spec") or {}).get("podSelector") or {}, pod_labels(res))
-            and (pol.doc.get("spec") or {}).get("ingress")
-            for pol in by_kind.get("NetworkPolicy", [])
-        ):
-            report.error(f"{res}: no NetworkPolicy allows any traffic to it")
 
     check_build_context(root, report)
 
@@ -1368,9 +1454,28 @@ def load_checkov_skips(root: Path, report: Report) -> list[dict]:
 
 
 def check_checkov(root: Path, _topology: Topology, report: Report) -> None:
+    """checkov on the base's files, the Dockerfiles and every overlay's rendering."""
+    with tempfile.TemporaryDirectory(prefix="check-k8s-rendered-") as tmp:
+        # Relative paths, so that resource ids read /Dockerfile, not the checkout's location.
+        files = [str(p.relative_to(root)) for p in manifest_files(root) + dockerfiles(root)]
+        if (root / RESTORE_JOB).is_file():
+            files.append(RESTORE_JOB)  # applied by hand, not rendered
+        renderings = {}
+        for name in overlay_names(root):
+            try:
+                docs = kustomize(root, f"{OVERLAYS_DIR}/{name}")
+            except RuntimeError:
+                continue  # the overlays check says why
+            path = Path(tmp) / f"{name}.yaml"
+            path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+            files.append(str(path))
+            # checkov names a file by its path relative to the working directory.
+            renderings[f"{Path(tmp).name}/{path.name}"] = f"{OVERLAYS_DIR}/{name} (rendered)"
+        run_checkov(root, files, renderings, report)
+
+
+def run_checkov(root: Path, files: list[str], renderings: dict[str, str], report: Report) -> None:
     skips = load_checkov_skips(root, report)
-    # Relative paths, so that resource ids read /Dockerfile, not the checkout's location.
-    files = [str(p.relative_to(root)) for p in manifest_files(root) + dockerfiles(root)]
     checkov = shutil.which("checkov", path=str(Path(sys.executable).parent)) or shutil.which("checkov")
     if checkov is None:
         report.error("checkov is not installed (scripts/check-k8s installs it)")
@@ -1423,8 +1528,10 @@ def check_checkov(root: Path, _topology: Topology, report: Report) -> None:
                         used[si][ri] = True
                         accepted = True
             if not accepted:
+                file_path = failed.get("file_path", "")
+                file_path = next((v for k, v in renderings.items() if file_path.endswith("/" + k)), file_path.lstrip("/"))
                 report.error(
-                    f"checkov {check_id} failed for {resource} ({failed.get('file_path', '').lstrip('/')}): "
+                    f"checkov {check_id} failed for {resource} ({file_path}): "
                     f"{failed.get('check_name')}"
                 )
     # A skip that matches nothing is stale: remove it, so that the list stays the truth.

@@ -151,6 +151,9 @@ def broken_policies(root: Path) -> None:
     drop_block(root, "infra/k8s/client-depl.yaml", "readinessProbe")
 
 
+GATEWAY_ROUTES = "infra/overlays/gateway/http-routes.yaml"
+
+
 def cases(topology: checks.Topology) -> list[Case]:
     """The breakages. Ports, Services and databases are the topology's, so that nothing
     here repeats them."""
@@ -514,6 +517,12 @@ def cases(topology: checks.Topology) -> list[Case]:
             ],
         ),
         Case(
+            "a writable root filesystem in the prod overlay's backup, seen only in its rendering",
+            "checkov",
+            lambda r: edit(r, "infra/overlays/prod/event-bus-backup.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false"),
+            [r"checkov CKV_K8S_22 failed for CronJob\.microblog\.event-bus-backup \(infra/overlays/prod \(rendered\)\)"],
+        ),
+        Case(
             "a checkov skip without its reason",
             "checkov",
             unjustified_skip,
@@ -559,6 +568,51 @@ def cases(topology: checks.Topology) -> list[Case]:
             "overlays",
             lambda r: edit(r, "infra/overlays/prod/kustomization.yaml", "  - event-bus-backup.yaml\n", ""),
             [r"no CronJob pg_dumps the bus's database into a volume the overlay claims"],
+        ),
+        Case(
+            "a gateway overlay whose HTTPRoutes break the CRD schema (a misspelt field, an unknown match type)",
+            "overlays",
+            lambda r: (
+                edit(r, GATEWAY_ROUTES, "  hostnames:\n    - posts.com\n  rules:\n    - matches:\n        - path:\n            type: Exact\n", "  hostname:\n    - posts.com\n  rules:\n    - matches:\n        - path:\n            type: Exact\n"),
+                edit(r, GATEWAY_ROUTES, "type: PathPrefix\n            value: /posts\n", "type: Prefix\n            value: /posts\n"),
+            ),
+            [
+                r"HTTPRoute/posts .*invalid against the HTTPRoute CRD schema at spec: Additional properties are not allowed \('hostname' was unexpected\)",
+                r"HTTPRoute/query .*invalid against the HTTPRoute CRD schema at spec.rules.0.matches.0.path.type: 'Prefix' is not one of",
+            ],
+        ),
+        Case(
+            "a gateway overlay with a route to a wrong port, a route to a missing Gateway, a Gateway of a missing class",
+            "overlays",
+            lambda r: (
+                edit(r, GATEWAY_ROUTES, f"- name: {srv['query']}\n          port: {port['query']}\n", f"- name: {srv['query']}\n          port: {wrong}\n"),
+                edit(r, GATEWAY_ROUTES, "  parentRefs:\n    - name: microblog-gateway\n  hostnames:\n    - posts.com\n  rules:\n    - matches:\n        - path:\n            type: PathPrefix\n            value: /\n", "  parentRefs:\n    - name: microblog-gw\n  hostnames:\n    - posts.com\n  rules:\n    - matches:\n        - path:\n            type: PathPrefix\n            value: /\n"),
+                edit(r, "infra/overlays/gateway/gateway.yaml", "gatewayClassName: microblog\n", "gatewayClassName: envoy\n"),
+            ),
+            [
+                rf"HTTPRoute/query .*backend {srv['query']}:{wrong} is not a port of Service {srv['query']}",
+                r"HTTPRoute/client .*parentRef Gateway default/microblog-gw does not exist",
+                r"Gateway/microblog-gateway .*gatewayClassName 'envoy' is no GatewayClass of this rendering",
+            ],
+        ),
+        Case(
+            "a gateway overlay that leaves query unrouted and lets only ingress-nginx into the public services",
+            "overlays",
+            lambda r: (
+                edit(r, GATEWAY_ROUTES, f"- name: {srv['query']}\n          port: {port['query']}\n", f"- name: {srv['client']}\n          port: {port['client']}\n"),
+                edit(r, "infra/overlays/gateway/kustomization.yaml", "kubernetes.io/metadata.name: envoy-gateway-system", "kubernetes.io/metadata.name: ingress-nginx", count=4),
+            ),
+            [
+                rf"infra/overlays/gateway .*its HTTPRoutes send nothing to {srv['query']}, which the topology's routes need",
+                r"Deployment/posts-depl .*no NetworkPolicy admits envoy-gateway-system",
+                r"Deployment/client-depl .*a NetworkPolicy admits ingress-nginx, which is no front door of this rendering",
+            ],
+        ),
+        Case(
+            "a prod rendering whose Namespace lacks the labels every resource carries",
+            "overlays",
+            lambda r: edit(r, "infra/overlays/prod/namespace.yaml", "    app.kubernetes.io/name: microblog\n", ""),
+            [r"Namespace/microblog \(infra/overlays/prod \(rendered\)\): label app.kubernetes.io/name missing"],
         ),
         Case(
             "an overlay skaffold has no profile for",
