@@ -474,14 +474,14 @@ def check_front_door(index: Index, topology: Topology, report: Report) -> None:
     routes = index.by_kind.get("HTTPRoute", [])
     ingresses = index.by_kind.get("Ingress", [])
     if routes:
-        door, allowed, refused = "its HTTPRoutes", GATEWAY_NAMESPACE, INGRESS_NAMESPACE
+        door, allowed, refused = "the HTTPRoutes", GATEWAY_NAMESPACE, INGRESS_NAMESPACE
         backends = {b.get("name") for r in routes for rule in (r.doc.get("spec") or {}).get("rules") or [] for b in rule.get("backendRefs") or []}
     else:
-        door, allowed, refused = "its Ingress", INGRESS_NAMESPACE, GATEWAY_NAMESPACE
+        door, allowed, refused = "the Ingress", INGRESS_NAMESPACE, GATEWAY_NAMESPACE
         backends = {((p.get("backend") or {}).get("service") or {}).get("name") for ing in ingresses for p in ingress_paths(ing)}
     where = next((r.file for r in index.resources), OVERLAYS_DIR)
     for service in sorted({svc for _, svc in topology.routes} - backends):
-        report.error(f"{where}: {door} send nothing to {service}, which the topology's routes need")
+        report.error(f"{where}: no backend of {door} is {service}, which the topology's routes need")
     for service in sorted(backends):
         svc = next((s for s in index.by_kind.get("Service", []) if s.name == service), None)
         selector = ((svc.doc.get("spec") or {}).get("selector") or {}) if svc else {}
@@ -494,9 +494,9 @@ def check_front_door(index: Index, topology: Topology, report: Report) -> None:
                 for peer in rule.get("from") or []
             }
             if allowed not in admitted:
-                report.error(f"{pods}: no NetworkPolicy admits {allowed}, whose proxies {door} send {service}'s requests from")
+                report.error(f"{pods}: serves {service} behind {door}, but no NetworkPolicy admits their proxies' namespace {allowed}")
             if refused in admitted:
-                report.error(f"{pods}: a NetworkPolicy admits {refused}, which is no front door of this rendering")
+                report.error(f"{pods}: a NetworkPolicy admits {refused}, the namespace of no front door of this rendering")
 
 
 def check_prod(rendered: list[Resource], base_secrets: frozenset[str], report: Report) -> None:

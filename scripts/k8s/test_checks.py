@@ -603,9 +603,9 @@ def cases(topology: checks.Topology) -> list[Case]:
                 edit(r, "infra/overlays/gateway/kustomization.yaml", "kubernetes.io/metadata.name: envoy-gateway-system", "kubernetes.io/metadata.name: ingress-nginx", count=4),
             ),
             [
-                rf"infra/overlays/gateway .*its HTTPRoutes send nothing to {srv['query']}, which the topology's routes need",
-                r"Deployment/posts-depl .*no NetworkPolicy admits envoy-gateway-system",
-                r"Deployment/client-depl .*a NetworkPolicy admits ingress-nginx, which is no front door of this rendering",
+                rf"infra/overlays/gateway .*no backend of the HTTPRoutes is {srv['query']}, which the topology's routes need",
+                r"Deployment/posts-depl .*behind the HTTPRoutes, but no NetworkPolicy admits their proxies' namespace envoy-gateway-system",
+                r"Deployment/client-depl .*a NetworkPolicy admits ingress-nginx, the namespace of no front door of this rendering",
             ],
         ),
         Case(
