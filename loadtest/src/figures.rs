@@ -110,26 +110,13 @@ async fn floors(blog: &Microblog) -> Result<(), Error> {
     }
     pool.close().await;
     let health = format!("{}/healthz", blog.urls["posts"]);
-    let mut trips = Vec::new();
-    for _ in 0..1_000 {
-        let started = Instant::now();
-        blog.api.http().get(&health).send().await?.bytes().await?;
-        trips.push(ms(started));
-    }
+    let trips = round_trips(blog, &health, 1_000, None).await?;
     // The same round trip after the machine has been idle, as each hop of one user's
     // request finds it: a sleeping thread, on a CPU that may have halted. On a VM whose
     // idle CPUs halt into the hypervisor this is several times the warm figure, and a post
     // crosses a dozen such wake-ups before it is visible.
-    let mut idle_trips = Vec::new();
-    for _ in 0..100 {
-        tokio::time::sleep(IDLE_BEFORE_TRIP).await;
-        let started = Instant::now();
-        blog.api.http().get(&health).send().await?.bytes().await?;
-        idle_trips.push(ms(started));
-    }
+    let idle_trips = round_trips(blog, &health, 100, Some(IDLE_BEFORE_TRIP)).await?;
     commits.sort_by(f64::total_cmp);
-    trips.sort_by(f64::total_cmp);
-    idle_trips.sort_by(f64::total_cmp);
     println!(
         "floors: one-row durable commit p50 {:.3} ms; loopback HTTP round trip (GET /healthz) p50 {:.3} ms, after {} ms idle p50 {:.3} ms",
         percentile(&commits, 50.0),
@@ -138,6 +125,26 @@ async fn floors(blog: &Microblog) -> Result<(), Error> {
         percentile(&idle_trips, 50.0)
     );
     Ok(())
+}
+
+/// `count` timed GETs of `url` (ms, sorted), each after `pause` if there is one.
+async fn round_trips(
+    blog: &Microblog,
+    url: &str,
+    count: usize,
+    pause: Option<Duration>,
+) -> Result<Vec<f64>, Error> {
+    let mut trips = Vec::with_capacity(count);
+    for _ in 0..count {
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        let started = Instant::now();
+        blog.api.http().get(url).send().await?.bytes().await?;
+        trips.push(ms(started));
+    }
+    trips.sort_by(f64::total_cmp);
+    Ok(trips)
 }
 
 /// `TRIALS` times, one user: create a post and poll `GET /posts` until it is in the map;

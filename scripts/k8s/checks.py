@@ -868,7 +868,7 @@ def check_resource_refs(index: Index, report: Report, absent_secrets: frozenset[
                 report.error(f"{ing}: backend Service {name!r} does not exist")
             elif not service_port(name, port, ing.namespace):
                 report.error(f"{ing}: backend {name}:{port} is not a port of Service {name}")
-    gateway_api.check_refs(index.resources, find, service_port, report.error)
+    gateway_api.check_refs(index, report.error)
 
     # Secrets and ConfigMaps: every referenced object and key exists.
     def keys_of(kind: str, name: str, namespace: str) -> set[str] | None:
@@ -994,7 +994,6 @@ def check_refs(root: Path, topology: Topology, report: Report) -> None:
     for ing in by_kind.get("Ingress", []):
         if Path(ing.file).name == INGRESS_FILE:
             check_ingress_contract(ing, ingress_paths(ing), topology, report)
-
 
     # Images: every one is built by skaffold (or pinned from a registry); every
     # artifact is used; every target is a stage of its Dockerfile.

@@ -98,11 +98,11 @@ def validate(doc: dict, where: str, error: Report) -> None:
         error(f"{where}: invalid against the {key[1]} CRD schema at {path}: {err.message}")
 
 
-def check_refs(resources: list, find: Callable, service_port: Callable, error: Report) -> None:
+def check_refs(index, error: Report) -> None:
     """Each Gateway names an existing GatewayClass; each HTTPRoute attaches to an
     existing Gateway listener that admits it and sends every request to an existing
-    Service port of its own namespace. `find(kind, name, namespace)` and
-    `service_port(name, port, namespace)` look up the same rendering."""
+    Service port of its own namespace. `index` is one rendering (checks.Index)."""
+    resources, find, service_port = index.resources, index.find, index.service_port
     for gw in (r for r in resources if r.kind == "Gateway"):
         class_name = (gw.doc.get("spec") or {}).get("gatewayClassName")
         if not any(r.kind == "GatewayClass" and r.name == class_name for r in resources):
