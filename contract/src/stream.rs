@@ -34,6 +34,16 @@ impl From<PostCreated> for NewPost {
 }
 
 impl StreamChange {
+    /// The post the change is to (a comment's post for a comment); none for `Resync`.
+    pub fn post_id(&self) -> Option<&str> {
+        match self {
+            Self::PostCreated { post, .. } => Some(&post.post.id),
+            Self::CommentCreated { comment, .. } => Some(&comment.post_id),
+            Self::CommentUpdated { comment, .. } => Some(&comment.post_id),
+            Self::Resync => None,
+        }
+    }
+
     /// The message's JSON text. Every variant is plain strings and numbers, which always
     /// serialise; a failure would be a bug, and reads as `Resync`, which is always correct.
     pub fn to_json(&self) -> String {

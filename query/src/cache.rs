@@ -1,15 +1,20 @@
 //! Rendered pages of the view, reused until the view changes. Rendering 1,000 posts
 //! with their comments as JSON costs milliseconds of database time; a page that did not
 //! change since it was rendered costs a hash lookup.
+//!
+//! The whole view, the page clients poll, is kept post by post: a change names the posts
+//! it touched, the next reader reads only those again, and the page is the posts joined.
+//! A change polled for is then one indexed read away, not a read of every post.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 use crate::metrics::QUERY;
+use crate::store::{page_of, Entry};
 
 /// `?limit=` and `?before=` of a `GET /posts`.
 pub type PageKey = (Option<i64>, Option<String>);
@@ -17,21 +22,175 @@ pub type PageKey = (Option<i64>, Option<String>);
 /// Few pages are popular (the whole view, the first page); `before` cursors are many.
 const MAX_PAGES: usize = 16;
 
+/// Beyond this many changed posts, reading every post is the cheaper way back.
+const MAX_STALE_POSTS: usize = 256;
+
 #[derive(Default)]
 pub struct ViewCache {
     generation: AtomicU64,
     pages: Mutex<HashMap<PageKey, (u64, Bytes)>>,
+    whole: Mutex<Whole>,
+    /// Posts this replica's consumer changed in a transaction that has not committed:
+    /// they become stale when it commits, not before (a read before the commit would
+    /// cache the post as it was).
+    applying: Mutex<Stale>,
     /// One render at a time: a burst of readers after a change waits for one render
     /// instead of running the same query side by side.
     rendering: tokio::sync::Mutex<()>,
 }
 
+/// What of the whole view may differ from the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stale {
+    Posts(HashSet<String>),
+    Everything,
+}
+
+impl Default for Stale {
+    fn default() -> Self {
+        Self::Posts(HashSet::new())
+    }
+}
+
+impl Stale {
+    fn add(&mut self, post: &str) {
+        if let Self::Posts(posts) = self {
+            posts.insert(post.to_owned());
+            if posts.len() > MAX_STALE_POSTS {
+                *self = Self::Everything;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Stale) {
+        match other {
+            Self::Everything => *self = Self::Everything,
+            Self::Posts(posts) => posts.iter().for_each(|post| self.add(post)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Posts(posts) if posts.is_empty())
+    }
+}
+
+/// The whole view as last read, post by post, and joined.
+struct Whole {
+    stale: Stale,
+    by_position: BTreeMap<i64, Entry>,
+    positions: HashMap<String, i64>,
+    page: Bytes,
+}
+
+impl Default for Whole {
+    fn default() -> Self {
+        Self {
+            stale: Stale::Everything,
+            by_position: BTreeMap::new(),
+            positions: HashMap::new(),
+            page: Bytes::new(),
+        }
+    }
+}
+
+impl Whole {
+    /// Replaces what `read` covered by what was read of it, and joins the page again.
+    fn patch(&mut self, read: &Stale, entries: Vec<Entry>) {
+        match read {
+            Stale::Everything => {
+                self.by_position.clear();
+                self.positions.clear();
+            }
+            Stale::Posts(posts) => {
+                for post in posts {
+                    if let Some(position) = self.positions.remove(post) {
+                        self.by_position.remove(&position);
+                    }
+                }
+            }
+        }
+        for entry in entries {
+            self.positions.insert(entry.id.clone(), entry.position);
+            self.by_position.insert(entry.position, entry);
+        }
+        self.page = Bytes::from(page_of(self.by_position.values().map(Entry::as_member)));
+    }
+}
+
 impl ViewCache {
-    /// Called after a transaction that changed the view committed.
+    /// After a change that may have touched any post: a transaction that committed
+    /// without saying which, or notifications that were missed.
     pub fn invalidate(&self) {
+        self.lock_whole().stale = Stale::Everything;
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// After a committed change to `post` (its comments included).
+    pub fn changed(&self, post: &str) {
+        self.lock_whole().stale.add(post);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Inside this replica's consumer transaction: it changes `post`.
+    pub fn applying(&self, post: &str) {
+        self.lock_applying().add(post);
+    }
+
+    /// Inside this replica's consumer transaction: it changes posts it does not name.
+    pub fn applying_everything(&self) {
+        *self.lock_applying() = Stale::Everything;
+    }
+
+    /// This replica's consumer transaction committed: what it changed is stale now.
+    pub fn committed(&self) {
+        let applied = std::mem::take(&mut *self.lock_applying());
+        self.lock_whole().stale.merge(applied);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The whole view: as cached, or with its stale posts read again (`read(Some(ids))`),
+    /// or read whole (`read(None)`).
+    pub async fn whole<E, F, Fut>(&self, read: F) -> Result<Bytes, E>
+    where
+        F: FnOnce(Option<Vec<String>>) -> Fut,
+        Fut: Future<Output = Result<Vec<Entry>, E>>,
+    {
+        if let Some(page) = self.whole_if_fresh() {
+            QUERY.looked_up("hit");
+            return Ok(page);
+        }
+        let _rendering = self.rendering.lock().await;
+        if let Some(page) = self.whole_if_fresh() {
+            QUERY.looked_up("hit");
+            return Ok(page);
+        }
+        // Taken before reading: a change that commits during the read marks its post
+        // stale again, so this page is never served as current after it.
+        let stale = std::mem::take(&mut self.lock_whole().stale);
+        let ids = match &stale {
+            Stale::Everything => {
+                QUERY.looked_up("miss");
+                None
+            }
+            Stale::Posts(posts) => {
+                QUERY.looked_up("patch");
+                Some(posts.iter().cloned().collect())
+            }
+        };
+        match read(ids).await {
+            Ok(entries) => {
+                let mut whole = self.lock_whole();
+                whole.patch(&stale, entries);
+                Ok(whole.page.clone())
+            }
+            Err(error) => {
+                self.lock_whole().stale.merge(stale);
+                Err(error)
+            }
+        }
+    }
+
+    /// A page other than the whole view: as cached, or rendered by `render`.
     pub async fn page<E, F, Fut>(&self, key: PageKey, render: F) -> Result<Bytes, E>
     where
         F: FnOnce() -> Fut,
@@ -72,6 +231,25 @@ impl ViewCache {
             .filter(|(generation, _)| *generation == current)
             .map(|(_, page)| page.clone())
     }
+
+    fn whole_if_fresh(&self) -> Option<Bytes> {
+        let whole = self.lock_whole();
+        whole.stale.is_empty().then(|| whole.page.clone())
+    }
+
+    // A panic while holding these locks leaves nothing half-done that a later reader
+    // could trust less than the data itself: the state is always whole between calls.
+    fn lock_whole(&self) -> MutexGuard<'_, Whole> {
+        self.whole
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_applying(&self) -> MutexGuard<'_, Stale> {
+        self.applying
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -91,7 +269,10 @@ mod tests {
         assert_eq!(cache.page(key.clone(), || render("b")).await.unwrap(), "a");
         cache.invalidate();
         assert_eq!(cache.page(key.clone(), || render("c")).await.unwrap(), "c");
-        assert_eq!(cache.page((None, None), || render("d")).await.unwrap(), "d");
+        cache.changed("p1");
+        assert_eq!(cache.page(key.clone(), || render("d")).await.unwrap(), "d");
+        cache.committed();
+        assert_eq!(cache.page(key, || render("e")).await.unwrap(), "e");
     }
 
     #[tokio::test]
@@ -116,5 +297,161 @@ mod tests {
             cache.page((Some(n), None), || render("p")).await.unwrap();
         }
         assert!(cache.pages.lock().unwrap().len() <= MAX_PAGES);
+    }
+
+    /// The database, as far as the whole view's reads go: posts by id.
+    struct Posts(Mutex<BTreeMap<String, Entry>>);
+
+    impl Posts {
+        fn new() -> Self {
+            Self(Mutex::new(BTreeMap::new()))
+        }
+
+        fn set(&self, position: i64, id: &str, title: &str) {
+            let entry = crate::store::test_entry(position, id, title);
+            self.0.lock().unwrap().insert(id.to_owned(), entry);
+        }
+
+        /// Reads when called, as a statement reads its snapshot when it starts.
+        fn read(&self, ids: Option<Vec<String>>) -> std::future::Ready<Result<Vec<Entry>, ()>> {
+            let posts = self.0.lock().unwrap();
+            let mut read: Vec<Entry> = posts
+                .values()
+                .filter(|e| ids.as_ref().is_none_or(|ids| ids.contains(&e.id)))
+                .cloned()
+                .collect();
+            read.sort_by_key(|e| e.position);
+            std::future::ready(Ok(read))
+        }
+    }
+
+    async fn whole(cache: &ViewCache, db: &Posts) -> serde_json::Value {
+        let page = cache.whole(|ids| db.read(ids)).await.unwrap();
+        serde_json::from_slice(&page).unwrap()
+    }
+
+    fn titles(view: &serde_json::Value) -> Vec<(String, String)> {
+        view.as_object()
+            .unwrap()
+            .iter()
+            .map(|(id, post)| (id.clone(), post["title"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    fn expected(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(id, title)| (id.to_string(), title.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_whole_view_reads_again_only_what_changed_and_keeps_creation_order() {
+        let cache = ViewCache::default();
+        let db = Posts::new();
+        db.set(2, "p2", "two");
+        db.set(1, "p1", "one");
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one"), ("p2", "two")])
+        );
+        // Changes it was not told of are not read: the page is reused.
+        db.set(1, "p1", "one, edited unannounced");
+        db.set(3, "p3", "three");
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one"), ("p2", "two")])
+        );
+        // Told of p3 only: p3 is read, p1 is not.
+        cache.changed("p3");
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one"), ("p2", "two"), ("p3", "three")])
+        );
+        // Everything: read whole.
+        cache.invalidate();
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[
+                ("p1", "one, edited unannounced"),
+                ("p2", "two"),
+                ("p3", "three")
+            ])
+        );
+        // A post that is gone from the database leaves the view when it is named.
+        db.0.lock().unwrap().remove("p2");
+        cache.changed("p2");
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, edited unannounced"), ("p3", "three")])
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_consumer_applies_is_stale_from_its_commit_not_before() {
+        let cache = ViewCache::default();
+        let db = Posts::new();
+        db.set(1, "p1", "one");
+        whole(&cache, &db).await;
+        // Applying: not committed yet, so a reader must not cache it as current.
+        cache.applying("p1");
+        db.set(1, "p1", "one, applied");
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one")])
+        );
+        cache.committed();
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, applied")])
+        );
+        cache.applying_everything();
+        db.set(2, "p2", "two");
+        cache.committed();
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, applied"), ("p2", "two")])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_during_a_read_or_a_failed_read_leaves_the_post_stale() {
+        let cache = ViewCache::default();
+        let db = Posts::new();
+        db.set(1, "p1", "one");
+        whole(&cache, &db).await;
+        cache.changed("p1");
+        cache
+            .whole(|ids| {
+                // The read saw p1 before its change committed (and was announced).
+                let read = db.read(ids);
+                db.set(1, "p1", "one, changed");
+                cache.changed("p1");
+                read
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, changed")])
+        );
+
+        cache.changed("p1");
+        db.set(1, "p1", "one, after a failed read");
+        let failed = cache.whole(|_| async { Err::<Vec<Entry>, ()>(()) }).await;
+        assert!(failed.is_err());
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, after a failed read")])
+        );
+    }
+
+    #[test]
+    fn too_many_stale_posts_are_everything() {
+        let mut stale = Stale::default();
+        for n in 0..=MAX_STALE_POSTS {
+            stale.add(&format!("p{n}"));
+        }
+        assert_eq!(stale, Stale::Everything);
     }
 }

@@ -30,25 +30,29 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
     let cache = std::sync::Arc::new(cache::ViewCache::default());
     let (heard_changes, heard_cache) = (changes.clone(), cache.clone());
     startup.listen(&[reactions::VIEW_CHANGES], move |_, heard| {
-        // Invalidate first: a reader told of a change must not get the page before it.
-        heard_cache.invalidate();
         let change = match heard {
             Heard::Message(change) => change,
             Heard::Missed => contract::RESYNC.to_owned(),
         };
+        // Invalidate first: a reader told of a change must not get the page before it.
+        let changed = serde_json::from_str::<contract::StreamChange>(&change).ok();
+        match changed.as_ref().and_then(contract::StreamChange::post_id) {
+            Some(post) => heard_cache.changed(post),
+            None => heard_cache.invalidate(),
+        }
         // No receivers is fine: nobody is watching.
         let _ = heard_changes.send(change);
     });
-    // This replica's own cache is invalidated the moment its delivery commits, so a
-    // reader is never served the page from before what it was just told was applied.
+    // This replica's own cache learns what changed the moment its delivery commits, so
+    // a reader is never served the page from before what it was just told was applied.
     let own_cache = cache.clone();
     let consumer = startup.start_consumer(
         Consumer::new(
             startup.pool.clone(),
             startup.bus.clone(),
-            reactions::ViewReactions,
+            reactions::ViewReactions::new(cache.clone()),
         )
-        .after_commit(move || own_cache.invalidate()),
+        .after_commit(move || own_cache.committed()),
     );
     let state = web::Data::new(routes::QueryState {
         pool: startup.pool.clone(),

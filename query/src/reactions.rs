@@ -3,17 +3,31 @@
 //! replica's page cache and live streams hear of it once it commits — whichever replica
 //! applied it.
 
+use std::sync::Arc;
+
 use contract::{CommentUpdated, Envelope, Event, StreamChange, RESYNC};
 use service_kit::consumer::Reactions;
 use service_kit::notify::{self, MAX_PAYLOAD};
 use sqlx::PgConnection;
 
+use crate::cache::ViewCache;
 use crate::store;
 
 /// The channel every replica listens on.
 pub const VIEW_CHANGES: &str = "query_view_changes";
 
-pub struct ViewReactions;
+/// The reactions tell this replica's cache what they change, for it to read again once
+/// the transaction commits (`ViewCache::committed`, the consumer's `after_commit`).
+#[derive(Default)]
+pub struct ViewReactions {
+    cache: Arc<ViewCache>,
+}
+
+impl ViewReactions {
+    pub fn new(cache: Arc<ViewCache>) -> Self {
+        Self { cache }
+    }
+}
 
 impl Reactions for ViewReactions {
     fn wants(&self) -> Option<&'static [&'static str]> {
@@ -49,6 +63,9 @@ impl Reactions for ViewReactions {
             Event::CommentModerated(_) => None,
         };
         if let Some(change) = change {
+            if let Some(post) = change.post_id() {
+                self.cache.applying(post);
+            }
             let text = change.to_json();
             // Too big to notify: the streams are told to reload, which is always correct.
             let payload = if text.len() <= MAX_PAYLOAD {
@@ -83,6 +100,7 @@ impl Reactions for ViewReactions {
             + store::add_comments(conn, &comments).await?
             + store::update_comments(conn, &store::latest_updates(updates)).await?;
         if changed > 0 {
+            self.cache.applying_everything();
             notify::announce(conn, VIEW_CHANGES, RESYNC).await?;
         }
         Ok(())

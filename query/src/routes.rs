@@ -51,13 +51,23 @@ async fn view(req: HttpRequest, state: web::Data<QueryState>) -> Result<HttpResp
             .content_type("application/json")
             .body("{}"));
     }
-    let key = (paging.limit, paging.before);
-    let json = state
-        .cache
-        .page(key.clone(), || {
-            store::view(&state.pool, key.0, key.1.as_deref())
-        })
-        .await?;
+    let json = match (paging.limit, paging.before) {
+        (None, None) => {
+            let pool = &state.pool;
+            state
+                .cache
+                .whole(|ids| async move { store::whole_view(pool, ids.as_deref()).await })
+                .await?
+        }
+        key => {
+            state
+                .cache
+                .page(key.clone(), || {
+                    store::view(&state.pool, key.0, key.1.as_deref())
+                })
+                .await?
+        }
+    };
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(json))

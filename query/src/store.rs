@@ -164,9 +164,9 @@ pub async fn update_comments(
 /// `limit` newest created before post `before`; each with its latest `LATEST_COMMENTS`
 /// comments, oldest first.
 ///
-/// PostgreSQL reads the page's rows in order; the JSON is written here. A render follows
-/// every change while clients poll, and building it with PostgreSQL's JSON functions (a
-/// subquery per post, then per-post aggregates) cost five to twenty times as much.
+/// PostgreSQL reads the page's rows in order; the JSON is written here. Building it with
+/// PostgreSQL's JSON functions (a subquery per post, then per-post aggregates) cost five
+/// to twenty times as much.
 pub async fn view(
     pool: &PgPool,
     limit: Option<i64>,
@@ -178,7 +178,7 @@ pub async fn view(
              WHERE $2::text IS NULL OR position < COALESCE((SELECT position FROM posts WHERE id = $2), 0)
              ORDER BY position DESC LIMIT $1
          )
-         SELECT p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
+         SELECT p.position, p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
          FROM page p LEFT JOIN LATERAL (
              SELECT id, content, status, position FROM comments
              WHERE post_id = p.id ORDER BY position DESC LIMIT $3
@@ -190,37 +190,52 @@ pub async fn view(
     .bind(LATEST_COMMENTS)
     .fetch_all(pool)
     .await?;
-    render_view(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    Ok(page_of(entries(&rows)?.iter().map(Entry::as_member)))
 }
 
-/// One post, `{id, title, comments, commentCount}`, as the view shows it.
-pub async fn post(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error> {
+/// The whole view's posts as entries, in creation order: every post, or those of `ids`
+/// the view has (a comment's post may not have arrived yet).
+pub async fn whole_view(pool: &PgPool, ids: Option<&[String]>) -> Result<Vec<Entry>, sqlx::Error> {
+    let Some(ids) = ids else {
+        let rows: Vec<ViewRow> = sqlx::query_as(
+            "SELECT p.position, p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
+             FROM posts p LEFT JOIN LATERAL (
+                 SELECT id, content, status, position FROM comments
+                 WHERE post_id = p.id ORDER BY position DESC LIMIT $1
+             ) c ON true
+             ORDER BY p.position, c.position",
+        )
+        .bind(LATEST_COMMENTS)
+        .fetch_all(pool)
+        .await?;
+        return entries(&rows);
+    };
     let rows: Vec<ViewRow> = sqlx::query_as(
-        "SELECT p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
+        "SELECT p.position, p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
          FROM posts p LEFT JOIN LATERAL (
              SELECT id, content, status, position FROM comments
              WHERE post_id = p.id ORDER BY position DESC LIMIT $2
          ) c ON true
-         WHERE p.id = $1
-         ORDER BY c.position",
+         WHERE p.id = ANY($1)
+         ORDER BY p.position, c.position",
     )
-    .bind(id)
+    .bind(ids)
     .bind(LATEST_COMMENTS)
     .fetch_all(pool)
     .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut out = Vec::new();
-    write_post(&mut out, &rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    into_text(out)
-        .map(Some)
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    entries(&rows)
+}
+
+/// One post, `{id, title, comments, commentCount}`, as the view shows it.
+pub async fn post(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error> {
+    let found = whole_view(pool, Some(&[id.to_owned()])).await?;
+    Ok(found.first().map(|entry| entry.post().to_owned()))
 }
 
 /// A post, with one of its comments if it has any.
 #[derive(sqlx::FromRow)]
 struct ViewRow {
+    position: i64,
     post_id: String,
     title: String,
     comment_count: i64,
@@ -229,20 +244,79 @@ struct ViewRow {
     status: Option<String>,
 }
 
-/// The course's shape, from rows ordered by post, then comment.
-fn render_view(rows: &[ViewRow]) -> Result<String, serde_json::Error> {
-    let mut out = Vec::with_capacity(2 + rows.len() * 128);
-    out.push(b'{');
-    for (n, post) in rows.chunk_by(|a, b| a.post_id == b.post_id).enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut out, &post[0].post_id)?;
-        out.push(b':');
-        write_post(&mut out, post)?;
+/// One post of the view, written: `"id":{id, title, comments, commentCount}`, a member
+/// of the view's object, and the post's place in creation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub position: i64,
+    pub id: String,
+    member: String,
+    /// Where the post's object starts in `member`.
+    post_at: usize,
+}
+
+impl Entry {
+    /// `"id":{…}`.
+    pub fn as_member(&self) -> &str {
+        &self.member
     }
-    out.push(b'}');
-    into_text(out)
+
+    /// `{…}`.
+    pub fn post(&self) -> &str {
+        &self.member[self.post_at..]
+    }
+}
+
+/// The view's object from its members, in the order given.
+pub fn page_of<'a>(members: impl IntoIterator<Item = &'a str>) -> String {
+    let members = members.into_iter();
+    let mut page = String::with_capacity(2 + members.size_hint().0 * 256);
+    page.push('{');
+    for (n, member) in members.enumerate() {
+        if n > 0 {
+            page.push(',');
+        }
+        page.push_str(member);
+    }
+    page.push('}');
+    page
+}
+
+/// The entries of rows ordered by post, then comment.
+fn entries(rows: &[ViewRow]) -> Result<Vec<Entry>, sqlx::Error> {
+    let written = rows
+        .chunk_by(|a, b| a.post_id == b.post_id)
+        .map(|post| {
+            let mut out = Vec::with_capacity(64 + post.len() * 128);
+            serde_json::to_writer(&mut out, &post[0].post_id)?;
+            out.push(b':');
+            let post_at = out.len();
+            write_post(&mut out, post)?;
+            Ok(Entry {
+                position: post[0].position,
+                id: post[0].post_id.clone(),
+                member: into_text(out)?,
+                post_at,
+            })
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>();
+    written.map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// A post with no comments, as `whole_view` reads it.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_entry(position: i64, id: &str, title: &str) -> Entry {
+    let row = ViewRow {
+        position,
+        post_id: id.into(),
+        title: title.into(),
+        comment_count: 0,
+        comment_id: None,
+        content: None,
+        status: None,
+    };
+    entries(&[row]).unwrap().remove(0)
 }
 
 /// `{id, title, comments, commentCount}` from one post's rows, its comments in order.
@@ -291,6 +365,7 @@ mod tests {
 
     fn row(post: &str, title: &str, count: i64, comment: Option<(&str, &str, &str)>) -> ViewRow {
         ViewRow {
+            position: post[1..].parse().unwrap(),
             post_id: post.into(),
             title: title.into(),
             comment_count: count,
@@ -302,7 +377,9 @@ mod tests {
 
     #[test]
     fn the_view_is_written_in_the_courses_shape_with_every_string_escaped() {
-        assert_eq!(render_view(&[]).unwrap(), "{}");
+        let render_view =
+            |rows: &[ViewRow]| page_of(entries(rows).unwrap().iter().map(Entry::as_member));
+        assert_eq!(render_view(&[]), "{}");
         let rows = [
             row("p1", "plain", 0, None),
             row(
@@ -319,7 +396,7 @@ mod tests {
             ),
             row("p3", "", 1, Some(("c3", "x", "rejected"))),
         ];
-        let text = render_view(&rows).unwrap();
+        let text = render_view(&rows);
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             parsed,
@@ -332,6 +409,10 @@ mod tests {
                 "p3": {"id": "p3", "title": "", "comments": [{"id": "c3", "content": "x", "status": "rejected"}], "commentCount": 1},
             })
         );
+        // An entry's post is the view's member, as `GET /posts/{id}` serves it.
+        let p2: serde_json::Value =
+            serde_json::from_str(entries(&rows).unwrap()[1].post()).unwrap();
+        assert_eq!(p2, parsed["p2"]);
         // Creation order is the order of the keys.
         assert!(text.find("\"p1\"").unwrap() < text.find("\"p2\"").unwrap());
         assert!(text.find("\"p2\":").unwrap() < text.find("\"p3\":").unwrap());

@@ -21,7 +21,9 @@ use service_kit::consumer::{Consumer, PARK_AFTER_ATTEMPTS};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres};
-use testkit::{init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase};
+use testkit::{
+    eventually, init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase,
+};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -437,7 +439,7 @@ async fn the_reactions_announce_each_change_on_commit_to_every_listener_and_noth
     let consumer = Consumer::new(
         db.pool.clone(),
         BusClient::new(&unreachable_bus_url(), None),
-        ViewReactions,
+        ViewReactions::default(),
     );
     let batch = vec![
         envelope(1, &Event::PostCreated(post("p1", "t"))),
@@ -495,7 +497,7 @@ async fn a_change_too_big_to_notify_is_announced_as_a_resync() {
     let consumer = Consumer::new(
         db.pool.clone(),
         BusClient::new(&unreachable_bus_url(), None),
-        ViewReactions,
+        ViewReactions::default(),
     );
     let long = "x".repeat(10_000);
     consumer
@@ -663,6 +665,87 @@ async fn a_cached_page_is_never_served_after_the_view_changes() {
         "rejected"
     );
     app.stop().await;
+    bus.stop().await;
+}
+
+/// The view as read whole from the database, and its posts' order.
+async fn view_in_the_database(pool: &PgPool) -> (Value, Vec<String>) {
+    let view = view(pool, None, None).await;
+    let order = keys(&view).into_iter().map(str::to_owned).collect();
+    (view, order)
+}
+
+async fn whole_view_of(app: &RunningApp) -> (Value, Vec<String>) {
+    let (status, view) = app.get_json("/posts").await;
+    assert_eq!(status, 200);
+    let order = keys(&view).into_iter().map(str::to_owned).collect();
+    (view, order)
+}
+
+/// Two replicas on one database, deliveries split between them: each one's whole view,
+/// patched post by post from what it applied and what it heard, is what the database
+/// holds: at once on the replica that applied a change, once heard on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_patch_their_whole_view_to_exactly_what_the_database_holds() {
+    let db = query_db().await;
+    let (a, bus) = serve_query(&db, Vec::new()).await;
+    let b = RunningApp::start(
+        &service_env(&db, &bus.url),
+        query::config_from_env,
+        query::build,
+    )
+    .await;
+    b.wait_ready(WAIT).await;
+    let (approved, rejected) = (CommentStatus::Approved, CommentStatus::Rejected);
+    let mut steps: Vec<Vec<Event>> = vec![
+        vec![Event::PostCreated(post("p1", "first"))],
+        vec![Event::CommentCreated(comment("c1", "p1", "hi"))],
+        // A comment before its post, then the post: it shows with the comment.
+        vec![Event::CommentCreated(comment("c2", "p0", "early"))],
+        vec![Event::PostCreated(post("p0", "late"))],
+        vec![Event::CommentUpdated(update("c1", "p1", approved, 1))],
+        // Stale: changes nothing, announces nothing.
+        vec![Event::CommentUpdated(update("c1", "p1", rejected, 0))],
+        // Too big to announce: the other replica hears a resync.
+        vec![Event::PostCreated(post("p2", &"x".repeat(10_000)))],
+        // Enough to be applied together: one resync for all of them.
+        (10..30)
+            .map(|n| Event::PostCreated(post(&format!("p{n}"), "many")))
+            .collect(),
+    ];
+    // More comments on p1 than the view shows: c1 drops out, the count goes on.
+    steps.extend((3..8).map(|n| {
+        vec![Event::CommentCreated(comment(
+            &format!("c{n}"),
+            "p1",
+            "more",
+        ))]
+    }));
+    let mut seq = 0;
+    for (n, events) in steps.into_iter().enumerate() {
+        let (applier, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let batch: Vec<Envelope> = events
+            .iter()
+            .map(|event| {
+                seq += 1;
+                envelope(seq, event)
+            })
+            .collect();
+        applier.deliver(&batch).await;
+        // Before the database is read: the applier's own notification may not be heard yet.
+        let applied = whole_view_of(applier).await;
+        let expected = view_in_the_database(&db.pool).await;
+        assert_eq!(applied, expected, "step {n}, applier");
+        eventually(
+            WAIT,
+            &format!("step {n} heard by the other replica"),
+            || async { whole_view_of(other).await == expected },
+        )
+        .await;
+    }
+    assert_eq!(whole_view_of(&a).await.1.len(), 23);
+    a.stop().await;
+    b.stop().await;
     bus.stop().await;
 }
 
@@ -839,10 +922,10 @@ async fn a_run_applied_together_leaves_the_view_that_applying_it_one_by_one_leav
     assert!(run.len() > 40);
     let (together, one_by_one) = (query_db().await, query_db().await);
     let bus = BusClient::new(&unreachable_bus_url(), None);
-    let consumer = Consumer::new(together.pool.clone(), bus.clone(), ViewReactions);
+    let consumer = Consumer::new(together.pool.clone(), bus.clone(), ViewReactions::default());
     let outcome = consumer.deliver(run.clone()).await.unwrap();
     assert_eq!(outcome.applied, run.len());
-    let consumer = Consumer::new(one_by_one.pool.clone(), bus, ViewReactions);
+    let consumer = Consumer::new(one_by_one.pool.clone(), bus, ViewReactions::default());
     for envelope in &run {
         consumer.deliver(vec![envelope.clone()]).await.unwrap();
     }
@@ -877,7 +960,7 @@ async fn a_poison_event_in_a_run_applied_together_is_found_one_by_one_and_parked
         })
         .collect();
     let bus = BusClient::new(&unreachable_bus_url(), None);
-    let consumer = Consumer::new(db.pool.clone(), bus, ViewReactions);
+    let consumer = Consumer::new(db.pool.clone(), bus, ViewReactions::default());
     for attempt in 1..PARK_AFTER_ATTEMPTS {
         let refused = consumer.deliver(run.clone()).await.unwrap_err();
         assert!(
