@@ -48,6 +48,13 @@ pub fn with_shared_migrations(service: &Migrator) -> Migrator {
 const MAX_CONNECTIONS: u32 = 16;
 /// How long a request waits for a connection before it is answered 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection idle this long is pinged before it is handed out, and replaced if the
+/// database hung up meanwhile. One used more recently is handed out as it is: pinging
+/// every connection on every acquire cost each statement a second round trip (0.24 ms
+/// against 0.09 ms here), paid several times on every hop of a post. After a database
+/// restart, such a connection fails its first statement (a 503, or a retried event)
+/// and is dropped from the pool.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A service's database: a pool that connects when it is first used (and reconnects
 /// after the server restarts: a connection is tested before it is handed out), and
@@ -72,7 +79,15 @@ impl Database {
             .max_connections(MAX_CONNECTIONS)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         let (ready, schema) = watch::channel(false);
         let task = tokio::spawn(bring_up_to_date(pool.clone(), migrator, ready, signal));
