@@ -72,6 +72,11 @@ pub async fn write_only() -> Result<(), Error> {
     Ok(())
 }
 
+/// `loadtest read`: the `GET /posts` figure alone, on its own fresh system.
+pub async fn read_only() -> Result<(), Error> {
+    read_view().await
+}
+
 /// `loadtest replay [EVENTS…]`: only the replays, of the logs named (5,000 and 50,000 if
 /// none are).
 pub async fn replays() -> Result<(), Error> {
@@ -164,6 +169,7 @@ async fn round_trips(
 async fn visibility(blog: &Microblog) -> Result<(), Error> {
     let (posts, comments) = (&blog.urls["posts"], &blog.urls["comments"]);
     let view = format!("{}/posts", blog.urls["query"]);
+    let since = time::OffsetDateTime::now_utc();
     let (mut visible, mut approved) = (Vec::new(), Vec::new());
     // How long the create requests themselves took: the rest is the way to the view.
     let (mut post_answered, mut comment_answered) = (Vec::new(), Vec::new());
@@ -191,6 +197,7 @@ async fn visibility(blog: &Microblog) -> Result<(), Error> {
     report("  of which POST /posts/create answering", post_answered);
     report("comment created → approved in GET /posts", approved);
     report("  of which POST …/comments answering", comment_answered);
+    crate::timeline::hops(blog, since);
     Ok(())
 }
 

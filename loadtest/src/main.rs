@@ -23,12 +23,13 @@ async fn main() -> std::process::ExitCode {
         "replay" => figures::replays().await,
         "visibility" => figures::visibility_only().await,
         "write" => figures::write_only().await,
+        "read" => figures::read_only().await,
         "rebuild" => rebuild::run().await,
         "backlog" => backlog::run().await,
         "busy-post" => busy::run().await,
         _ => {
             eprintln!(
-                "usage: loadtest figures|visibility|write|timeline|replay|flow|bus|rebuild|backlog|busy-post"
+                "usage: loadtest figures|visibility|write|read|timeline|replay|flow|bus|rebuild|backlog|busy-post"
             );
             return std::process::ExitCode::from(2);
         }

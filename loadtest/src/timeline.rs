@@ -102,3 +102,49 @@ fn describe(entry: &Value) -> String {
     }
     text
 }
+
+/// Every hop's own time, from the log lines the services wrote since `since`: each
+/// request by route, each event applied by type, each delivery by subscriber; p50 and
+/// p95 over all of them. Read beside the end-to-end figures: what they leave over is
+/// waiting (a poll's interval, a thread's wake-up), not work.
+pub fn hops(blog: &Microblog, since: OffsetDateTime) {
+    let mut latencies: std::collections::BTreeMap<(&str, String), Vec<f64>> = Default::default();
+    for service in harness::topology::SERVICES {
+        for line in blog.world.log_of(service.name).lines() {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let at = entry["timestamp"].as_str().and_then(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            });
+            let (Some(at), Some(latency)) = (at, entry["latency_ms"].as_f64()) else {
+                continue;
+            };
+            let text = |field: &str| entry[field].as_str().unwrap_or("?").to_owned();
+            let hop = match entry["message"].as_str() {
+                Some("request") if !text("route").ends_with('z') && text("route") != "/metrics" => {
+                    format!("{} {}", text("method"), text("route"))
+                }
+                Some("event applied") => format!("apply {}", text("type")),
+                Some("delivered") => format!("deliver to {}", text("subscriber")),
+                _ => continue,
+            };
+            if at >= since {
+                latencies
+                    .entry((service.name, hop))
+                    .or_default()
+                    .push(latency);
+            }
+        }
+    }
+    println!("each hop's own time (from the services' logs over the same trials):");
+    for ((service, hop), mut ms) in latencies {
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "  {service:<11} {hop:<36} n={:<6} p50 {:>6.2} ms   p95 {:>6.2} ms",
+            ms.len(),
+            crate::stack::percentile(&ms, 50.0),
+            crate::stack::percentile(&ms, 95.0)
+        );
+    }
+}
