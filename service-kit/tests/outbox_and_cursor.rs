@@ -181,6 +181,43 @@ async fn a_redelivered_batch_changes_nothing() {
     bus.stop().await;
 }
 
+/// Two replicas of a consumer on one database, each handed overlapping deliveries at the
+/// same moment (as two bus replicas during a failover would): every event is applied
+/// once, in order, and the cursor ends at the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_given_overlapping_deliveries_at_once_apply_each_event_once_in_order() {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    bus.client()
+        .publish(&(0..120).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let log = bus.client().events_after(0, 120).await.unwrap();
+    let replicas = [
+        Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts),
+        Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts),
+    ];
+    // Windows of 1 to 6 events, each overlapping the one before; some skip ahead (a hole
+    // the other replica, or the bus, fills).
+    let mut start = 0;
+    while start < log.len() {
+        let end = (start + 1 + start % 6).min(log.len());
+        let one = log[start..end].to_vec();
+        let other = log[start.saturating_sub(2)..(end + 1).min(log.len())].to_vec();
+        let (a, b) = tokio::join!(replicas[0].deliver(one), replicas[1].deliver(other));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.applied + b.applied <= end + 1 - start);
+        start = end;
+    }
+    assert_eq!(
+        applied_seqs(&consumer_db.pool).await,
+        (1..=120).collect::<Vec<_>>()
+    );
+    assert_eq!(replicas[0].cursor().await.unwrap(), 120);
+    bus.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_delivery_that_skips_ahead_fills_the_hole_from_the_bus_and_applies_everything_once_in_order(
 ) {
