@@ -41,39 +41,52 @@ impl Reactions for ViewReactions {
         event: Event,
     ) -> Result<(), sqlx::Error> {
         let seq = envelope.seq;
-        let change = match event {
+        let change = match &event {
+            Event::PostCreated(post) => StreamChange::PostCreated {
+                seq,
+                post: post.clone().into(),
+            },
+            Event::CommentCreated(comment) => StreamChange::CommentCreated {
+                seq,
+                comment: comment.clone(),
+            },
+            Event::CommentUpdated(comment) => StreamChange::CommentUpdated {
+                seq,
+                comment: comment.clone(),
+            },
+            Event::CommentModerated(_) => return Ok(()),
+        };
+        let text = change.to_json();
+        // Too big to notify: the streams are told to reload, which is always correct.
+        let payload = if text.len() <= MAX_PAYLOAD {
+            text.as_str()
+        } else {
+            RESYNC
+        };
+        let announcement = Some(store::Announcement {
+            channel: VIEW_CHANGES,
+            payload,
+        });
+        let applied = match &event {
             Event::PostCreated(post) => {
-                store::add_post(conn, &post)
-                    .await?
-                    .then(|| StreamChange::PostCreated {
-                        seq,
-                        post: post.into(),
-                    })
+                store::add_post_announcing(conn, post, announcement).await?
             }
-            Event::CommentCreated(comment) => store::add_comment(conn, &comment)
-                .await?
-                .then_some(StreamChange::CommentCreated { seq, comment }),
+            Event::CommentCreated(comment) => {
+                store::add_comment_announcing(conn, comment, announcement).await?
+            }
             Event::CommentUpdated(comment) => {
-                let applied = store::update_comment(conn, &comment).await?;
+                let applied = store::update_comment_announcing(conn, comment, announcement).await?;
                 if !applied {
                     tracing::debug!(comment_id = %comment.id, version = comment.version, "stale update ignored");
                 }
-                applied.then_some(StreamChange::CommentUpdated { seq, comment })
+                applied
             }
-            Event::CommentModerated(_) => None,
+            Event::CommentModerated(_) => false,
         };
-        if let Some(change) = change {
+        if applied {
             if let Some(post) = change.post_id() {
                 self.cache.applying(post);
             }
-            let text = change.to_json();
-            // Too big to notify: the streams are told to reload, which is always correct.
-            let payload = if text.len() <= MAX_PAYLOAD {
-                text.as_str()
-            } else {
-                RESYNC
-            };
-            notify::announce(conn, VIEW_CHANGES, payload).await?;
         }
         Ok(())
     }

@@ -3,16 +3,46 @@
 use contract::{CommentCreated, CommentUpdated, PostCreated, LATEST_COMMENTS};
 use sqlx::{PgConnection, PgPool};
 
+/// A change's announcement (`pg_notify`), sent by the very statement that makes the
+/// change, and only if it does: the transaction saves the round trip of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Announcement<'a> {
+    pub channel: &'a str,
+    pub payload: &'a str,
+}
+
+/// Binds an announcement to a statement whose `applied` CTE returns a row per change and
+/// whose last two parameters are the channel and the payload:
+/// `SELECT (SELECT pg_notify($n, $n+1) WHERE $n+1::text IS NOT NULL) FROM applied`.
+fn announced<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    announcement: Option<Announcement<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(announcement.map(|a| a.channel))
+        .bind(announcement.map(|a| a.payload))
+}
+
 pub async fn add_post(conn: &mut PgConnection, post: &PostCreated) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO posts (id, title, comment_count)
+    add_post_announcing(conn, post, None).await
+}
+
+pub async fn add_post_announcing(
+    conn: &mut PgConnection,
+    post: &PostCreated,
+    announcement: Option<Announcement<'_>>,
+) -> Result<bool, sqlx::Error> {
+    let query = sqlx::query(
+        "WITH applied AS (
+             INSERT INTO posts (id, title, comment_count)
              VALUES ($1, $2, (SELECT count(*) FROM comments WHERE post_id = $1))
-             ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&post.id)
-    .bind(&post.title)
-    .execute(conn)
-    .await?;
+             ON CONFLICT (id) DO NOTHING RETURNING 1
+         )
+         SELECT (SELECT pg_notify($3, $4) WHERE $4::text IS NOT NULL) FROM applied",
+    );
+    let done = announced(query.bind(&post.id).bind(&post.title), announcement)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -20,16 +50,26 @@ pub async fn add_comment(
     conn: &mut PgConnection,
     comment: &CommentCreated,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, 0)
-         ON CONFLICT (id) DO NOTHING",
+    add_comment_announcing(conn, comment, None).await
+}
+
+pub async fn add_comment_announcing(
+    conn: &mut PgConnection,
+    comment: &CommentCreated,
+    announcement: Option<Announcement<'_>>,
+) -> Result<bool, sqlx::Error> {
+    let query = sqlx::query(
+        "WITH applied AS (
+             INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, 0)
+             ON CONFLICT (id) DO NOTHING RETURNING 1
+         )
+         SELECT (SELECT pg_notify($5, $6) WHERE $6::text IS NOT NULL) FROM applied",
     )
     .bind(&comment.id)
     .bind(&comment.post_id)
     .bind(&comment.content)
-    .bind(comment.status.as_str())
-    .execute(conn)
-    .await?;
+    .bind(comment.status.as_str());
+    let done = announced(query, announcement).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -41,20 +81,31 @@ pub async fn update_comment(
     conn: &mut PgConnection,
     comment: &CommentUpdated,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status, version = EXCLUDED.version
-         WHERE comments.version < EXCLUDED.version
-            OR (comments.version = EXCLUDED.version
-                AND (comments.status, comments.content) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.content))",
+    update_comment_announcing(conn, comment, None).await
+}
+
+pub async fn update_comment_announcing(
+    conn: &mut PgConnection,
+    comment: &CommentUpdated,
+    announcement: Option<Announcement<'_>>,
+) -> Result<bool, sqlx::Error> {
+    let query = sqlx::query(
+        "WITH applied AS (
+             INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status, version = EXCLUDED.version
+             WHERE comments.version < EXCLUDED.version
+                OR (comments.version = EXCLUDED.version
+                    AND (comments.status, comments.content) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.content))
+             RETURNING 1
+         )
+         SELECT (SELECT pg_notify($6, $7) WHERE $7::text IS NOT NULL) FROM applied",
     )
-    .bind(&comment.id)
-    .bind(&comment.post_id)
-    .bind(&comment.content)
-    .bind(comment.status.as_str())
-    .bind(comment.version)
-    .execute(conn)
-    .await?;
+        .bind(&comment.id)
+        .bind(&comment.post_id)
+        .bind(&comment.content)
+        .bind(comment.status.as_str())
+        .bind(comment.version);
+    let done = announced(query, announcement).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
