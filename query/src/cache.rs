@@ -80,8 +80,8 @@ impl Stale {
 struct Whole {
     stale: Stale,
     page: Bytes,
-    /// Each post's `"id":{…}` in `page`, by its place in creation order.
-    members: BTreeMap<i64, Range<usize>>,
+    /// Each post's place in creation order and its `"id":{…}` in `page`, in that order.
+    members: Vec<(i64, Range<usize>)>,
     positions: HashMap<String, i64>,
 }
 
@@ -90,44 +90,42 @@ impl Default for Whole {
         Self {
             stale: Stale::Everything,
             page: Bytes::from_static(b"{}"),
-            members: BTreeMap::new(),
+            members: Vec::new(),
             positions: HashMap::new(),
         }
     }
 }
 
 impl Whole {
-    /// Replaces what `read` covered by what was read of it, and writes the page again.
+    /// Replaces what `read` covered by what was read of it, and writes the page again:
+    /// one pass over the posts, copying those it did not read.
     fn patch(&mut self, read: &Stale, entries: Vec<Entry>) {
-        let mut kept = std::mem::take(&mut self.members);
+        let mut dropped = HashSet::new();
         match read {
             Stale::Everything => {
-                kept.clear();
+                self.members.clear();
                 self.positions.clear();
             }
             Stale::Posts(posts) => {
-                for post in posts {
-                    if let Some(position) = self.positions.remove(post) {
-                        kept.remove(&position);
-                    }
-                }
+                dropped.extend(posts.iter().filter_map(|post| self.positions.remove(post)));
             }
         }
         let mut fresh: BTreeMap<i64, Entry> = BTreeMap::new();
         for entry in entries {
-            kept.remove(&entry.position);
             self.positions.insert(entry.id.clone(), entry.position);
             fresh.insert(entry.position, entry);
         }
+        // A post read again replaces what was at its place.
+        dropped.extend(fresh.keys().copied());
         let old = std::mem::take(&mut self.page);
-        let size = kept.values().map(|at| at.len() + 1).sum::<usize>()
-            + fresh
-                .values()
-                .map(|e| e.as_member().len() + 1)
-                .sum::<usize>();
-        let mut page = Vec::with_capacity(size + 2);
+        let members = std::mem::take(&mut self.members);
+        let mut kept = members
+            .into_iter()
+            .filter(|(position, _)| !dropped.contains(position))
+            .peekable();
+        let mut fresh = fresh.into_iter().peekable();
+        let mut page = Vec::with_capacity(old.len() + 2);
         page.push(b'{');
-        let (mut kept, mut fresh) = (kept.into_iter().peekable(), fresh.into_iter().peekable());
         loop {
             let older = match (kept.peek(), fresh.peek()) {
                 (None, None) => break,
@@ -153,7 +151,7 @@ impl Whole {
         }
         let at = page.len();
         page.extend_from_slice(member);
-        self.members.insert(position, at..page.len());
+        self.members.push((position, at..page.len()));
     }
 }
 
