@@ -57,8 +57,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A service's database: a pool that connects when it is first used (and reconnects
-/// after the server restarts: a connection is tested before it is handed out), and
-/// whether the schema is up to date yet.
+/// after the server restarts: a connection that failed is dropped, one idle for a while
+/// is tested before it is handed out), and whether the schema is up to date yet.
 #[derive(Debug, Clone)]
 pub struct Database {
     pub pool: PgPool,
