@@ -68,14 +68,12 @@ impl Reactions for ViewReactions {
             payload,
         });
         let applied = match &event {
-            Event::PostCreated(post) => {
-                store::add_post_announcing(conn, post, announcement).await?
-            }
+            Event::PostCreated(post) => store::add_post(conn, post, announcement).await?,
             Event::CommentCreated(comment) => {
-                store::add_comment_announcing(conn, comment, announcement).await?
+                store::add_comment(conn, comment, announcement).await?
             }
             Event::CommentUpdated(comment) => {
-                let applied = store::update_comment_announcing(conn, comment, announcement).await?;
+                let applied = store::update_comment(conn, comment, announcement).await?;
                 if !applied {
                     tracing::debug!(comment_id = %comment.id, version = comment.version, "stale update ignored");
                 }

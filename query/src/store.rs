@@ -23,11 +23,8 @@ fn announced<'q>(
         .bind(announcement.map(|a| a.payload))
 }
 
-pub async fn add_post(conn: &mut PgConnection, post: &PostCreated) -> Result<bool, sqlx::Error> {
-    add_post_announcing(conn, post, None).await
-}
-
-pub async fn add_post_announcing(
+/// Adds the post unless the view has it; whether it did (and if so, announced it).
+pub async fn add_post(
     conn: &mut PgConnection,
     post: &PostCreated,
     announcement: Option<Announcement<'_>>,
@@ -46,14 +43,8 @@ pub async fn add_post_announcing(
     Ok(done.rows_affected() == 1)
 }
 
+/// Adds the comment unless the view has it; whether it did (and if so, announced it).
 pub async fn add_comment(
-    conn: &mut PgConnection,
-    comment: &CommentCreated,
-) -> Result<bool, sqlx::Error> {
-    add_comment_announcing(conn, comment, None).await
-}
-
-pub async fn add_comment_announcing(
     conn: &mut PgConnection,
     comment: &CommentCreated,
     announcement: Option<Announcement<'_>>,
@@ -78,13 +69,6 @@ pub async fn add_comment_announcing(
 /// `CommentUpdated` without a version (read as 0, the version of `CommentCreated`), and
 /// their moderation result must not be dropped as stale.
 pub async fn update_comment(
-    conn: &mut PgConnection,
-    comment: &CommentUpdated,
-) -> Result<bool, sqlx::Error> {
-    update_comment_announcing(conn, comment, None).await
-}
-
-pub async fn update_comment_announcing(
     conn: &mut PgConnection,
     comment: &CommentUpdated,
     announcement: Option<Announcement<'_>>,

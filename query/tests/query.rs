@@ -113,16 +113,24 @@ async fn the_view_has_the_courses_shape_in_creation_order() {
     assert_eq!(view(&db.pool, None, None).await, json!({}));
     // Ids that sort opposite to creation order: the view must follow creation.
     for (id, title) in [("zz", "first"), ("mm", "second"), ("aa", "third")] {
-        assert!(store::add_post(&mut conn, &post(id, title)).await.unwrap());
-    }
-    for (id, content) in [("c9", "one"), ("c5", "two"), ("c1", "three")] {
-        assert!(store::add_comment(&mut conn, &comment(id, "mm", content))
+        assert!(store::add_post(&mut conn, &post(id, title), None)
             .await
             .unwrap());
     }
-    store::update_comment(&mut conn, &update("c5", "mm", CommentStatus::Approved, 1))
-        .await
-        .unwrap();
+    for (id, content) in [("c9", "one"), ("c5", "two"), ("c1", "three")] {
+        assert!(
+            store::add_comment(&mut conn, &comment(id, "mm", content), None)
+                .await
+                .unwrap()
+        );
+    }
+    store::update_comment(
+        &mut conn,
+        &update("c5", "mm", CommentStatus::Approved, 1),
+        None,
+    )
+    .await
+    .unwrap();
 
     let whole = view(&db.pool, None, None).await;
     assert_eq!(keys(&whole), ["zz", "mm", "aa"]);
@@ -151,19 +159,19 @@ async fn the_view_has_the_courses_shape_in_creation_order() {
 async fn adding_a_post_or_comment_twice_changes_nothing() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
-    assert!(store::add_post(&mut conn, &post("p1", "original"))
+    assert!(store::add_post(&mut conn, &post("p1", "original"), None)
         .await
         .unwrap());
-    assert!(!store::add_post(&mut conn, &post("p1", "replayed"))
+    assert!(!store::add_post(&mut conn, &post("p1", "replayed"), None)
         .await
         .unwrap());
     assert!(
-        store::add_comment(&mut conn, &comment("c1", "p1", "original"))
+        store::add_comment(&mut conn, &comment("c1", "p1", "original"), None)
             .await
             .unwrap()
     );
     assert!(
-        !store::add_comment(&mut conn, &comment("c1", "p1", "replayed"))
+        !store::add_comment(&mut conn, &comment("c1", "p1", "replayed"), None)
             .await
             .unwrap()
     );
@@ -178,8 +186,10 @@ async fn adding_a_post_or_comment_twice_changes_nothing() {
 /// Post p1 with the pending comment c1 ("hello") on it; the connection that wrote them.
 async fn post_p1_with_comment_c1(db: &TestDatabase) -> PoolConnection<Postgres> {
     let mut conn = conn(db).await;
-    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
-    store::add_comment(&mut conn, &comment("c1", "p1", "hello"))
+    store::add_post(&mut conn, &post("p1", "t"), None)
+        .await
+        .unwrap();
+    store::add_comment(&mut conn, &comment("c1", "p1", "hello"), None)
         .await
         .unwrap();
     conn
@@ -189,29 +199,41 @@ async fn post_p1_with_comment_c1(db: &TestDatabase) -> PoolConnection<Postgres> 
 async fn an_older_version_never_overwrites_a_newer_one() {
     let db = query_db().await;
     let mut conn = post_p1_with_comment_c1(&db).await;
+    assert!(store::update_comment(
+        &mut conn,
+        &update("c1", "p1", CommentStatus::Rejected, 2),
+        None
+    )
+    .await
+    .unwrap());
     assert!(
-        store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Rejected, 2))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Approved, 1))
-            .await
-            .unwrap(),
+        !store::update_comment(
+            &mut conn,
+            &update("c1", "p1", CommentStatus::Approved, 1),
+            None
+        )
+        .await
+        .unwrap(),
         "version 1 applied over version 2"
     );
     assert!(
-        !store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Rejected, 2))
-            .await
-            .unwrap(),
+        !store::update_comment(
+            &mut conn,
+            &update("c1", "p1", CommentStatus::Rejected, 2),
+            None
+        )
+        .await
+        .unwrap(),
         "the same version again counts as a change"
     );
     assert_eq!(status_of(&db.pool, "p1", "c1").await, "rejected");
-    assert!(
-        store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Approved, 3))
-            .await
-            .unwrap()
-    );
+    assert!(store::update_comment(
+        &mut conn,
+        &update("c1", "p1", CommentStatus::Approved, 3),
+        None
+    )
+    .await
+    .unwrap());
     assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
 }
 
@@ -219,14 +241,18 @@ async fn an_older_version_never_overwrites_a_newer_one() {
 async fn an_update_that_overtakes_its_comment_created_is_kept() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
-    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
+    store::add_post(&mut conn, &post("p1", "t"), None)
+        .await
+        .unwrap();
+    assert!(store::update_comment(
+        &mut conn,
+        &update("c1", "p1", CommentStatus::Approved, 1),
+        None
+    )
+    .await
+    .unwrap());
     assert!(
-        store::update_comment(&mut conn, &update("c1", "p1", CommentStatus::Approved, 1))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store::add_comment(&mut conn, &comment("c1", "p1", "hello"))
+        !store::add_comment(&mut conn, &comment("c1", "p1", "hello"), None)
             .await
             .unwrap(),
         "the late CommentCreated replaced a newer state"
@@ -244,26 +270,32 @@ async fn a_course_comment_updated_without_a_version_still_updates_a_pending_comm
     )
     .unwrap();
     assert_eq!(course.version, 0);
-    assert!(store::update_comment(&mut conn, &course).await.unwrap());
+    assert!(store::update_comment(&mut conn, &course, None)
+        .await
+        .unwrap());
     assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
     // Replayed, it is no change at all.
-    assert!(!store::update_comment(&mut conn, &course).await.unwrap());
+    assert!(!store::update_comment(&mut conn, &course, None)
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
 async fn a_comment_that_arrives_before_its_post_shows_under_it_once_the_post_arrives() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
-    assert!(store::add_comment(&mut conn, &comment("c1", "p1", "early"))
-        .await
-        .unwrap());
+    assert!(
+        store::add_comment(&mut conn, &comment("c1", "p1", "early"), None)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         view(&db.pool, None, None).await,
         json!({}),
         "a comment without its post is not a post"
     );
     assert!(store::post(&db.pool, "p1").await.unwrap().is_none());
-    store::add_post(&mut conn, &post("p1", "late"))
+    store::add_post(&mut conn, &post("p1", "late"), None)
         .await
         .unwrap();
     assert_eq!(
@@ -282,12 +314,13 @@ async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whi
     let mut conn = conn(&db).await;
     let limit = usize::try_from(contract::LATEST_COMMENTS).unwrap();
     // Before its post: one by CommentCreated, one by a CommentUpdated that overtook it.
-    store::add_comment(&mut conn, &comment("early", "busy", "x"))
+    store::add_comment(&mut conn, &comment("early", "busy", "x"), None)
         .await
         .unwrap();
     store::update_comment(
         &mut conn,
         &update("overtaken", "busy", CommentStatus::Approved, 1),
+        None,
     )
     .await
     .unwrap();
@@ -300,7 +333,7 @@ async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whi
     store::add_comments(&mut conn, &many).await.unwrap();
     // Repeats, and updates of comments already there, count nothing.
     store::add_comments(&mut conn, &many[..10]).await.unwrap();
-    store::add_comment(&mut conn, &comment("early", "busy", "x"))
+    store::add_comment(&mut conn, &comment("early", "busy", "x"), None)
         .await
         .unwrap();
     store::update_comments(
@@ -315,7 +348,7 @@ async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whi
     )
     .await
     .unwrap();
-    store::add_comment(&mut conn, &comment("q1", "quiet", "z"))
+    store::add_comment(&mut conn, &comment("q1", "quiet", "z"), None)
         .await
         .unwrap();
 
@@ -346,9 +379,13 @@ async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whi
 async fn five_posts(db: &TestDatabase) {
     let mut conn = conn(db).await;
     for n in 1..=5 {
-        store::add_post(&mut conn, &post(&format!("p{n}"), &format!("post {n}")))
-            .await
-            .unwrap();
+        store::add_post(
+            &mut conn,
+            &post(&format!("p{n}"), &format!("post {n}")),
+            None,
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -400,11 +437,13 @@ async fn before_pages_backwards_through_every_post_exactly_once() {
 async fn one_post_is_served_in_the_courses_shape_and_an_unknown_one_is_none() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
-    store::add_post(&mut conn, &post("p1", "t")).await.unwrap();
-    store::add_post(&mut conn, &post("p2", "other"))
+    store::add_post(&mut conn, &post("p1", "t"), None)
         .await
         .unwrap();
-    store::add_comment(&mut conn, &comment("c1", "p1", "hi"))
+    store::add_post(&mut conn, &post("p2", "other"), None)
+        .await
+        .unwrap();
+    store::add_comment(&mut conn, &comment("c1", "p1", "hi"), None)
         .await
         .unwrap();
     let one: Value =
