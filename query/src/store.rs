@@ -207,7 +207,16 @@ pub async fn view(
     limit: Option<i64>,
     before: Option<&str>,
 ) -> Result<String, sqlx::Error> {
-    let rows: Vec<ViewRow> = sqlx::query_as(
+    let rows = page_rows(pool, limit, before).await?;
+    Ok(page_of(entries(&rows)?.iter().map(Entry::as_member)))
+}
+
+async fn page_rows(
+    pool: &PgPool,
+    limit: Option<i64>,
+    before: Option<&str>,
+) -> Result<Vec<ViewRow>, sqlx::Error> {
+    sqlx::query_as(
         "WITH page AS (
              SELECT position, id, title, comment_count FROM posts
              WHERE $2::text IS NULL OR position < COALESCE((SELECT position FROM posts WHERE id = $2), 0)
@@ -224,26 +233,14 @@ pub async fn view(
     .bind(before)
     .bind(LATEST_COMMENTS)
     .fetch_all(pool)
-    .await?;
-    Ok(page_of(entries(&rows)?.iter().map(Entry::as_member)))
+    .await
 }
 
 /// The whole view's posts as entries, in creation order: every post, or those of `ids`
 /// the view has (a comment's post may not have arrived yet).
 pub async fn whole_view(pool: &PgPool, ids: Option<&[String]>) -> Result<Vec<Entry>, sqlx::Error> {
     let Some(ids) = ids else {
-        let rows: Vec<ViewRow> = sqlx::query_as(
-            "SELECT p.position, p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
-             FROM posts p LEFT JOIN LATERAL (
-                 SELECT id, content, status, position FROM comments
-                 WHERE post_id = p.id ORDER BY position DESC LIMIT $1
-             ) c ON true
-             ORDER BY p.position, c.position",
-        )
-        .bind(LATEST_COMMENTS)
-        .fetch_all(pool)
-        .await?;
-        return entries(&rows);
+        return entries(&page_rows(pool, None, None).await?);
     };
     let rows: Vec<ViewRow> = sqlx::query_as(
         "SELECT p.position, p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
