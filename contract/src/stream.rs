@@ -34,12 +34,13 @@ impl From<PostCreated> for NewPost {
 }
 
 impl StreamChange {
-    /// The post the change is to (a comment's post for a comment); none for `Resync`.
-    pub fn post_id(&self) -> Option<&str> {
+    /// The change's seq and the post it is to (a comment's post for a comment); none
+    /// for `Resync`.
+    pub fn subject(&self) -> Option<(i64, &str)> {
         match self {
-            Self::PostCreated { post, .. } => Some(&post.post.id),
-            Self::CommentCreated { comment, .. } => Some(&comment.post_id),
-            Self::CommentUpdated { comment, .. } => Some(&comment.post_id),
+            Self::PostCreated { seq, post } => Some((*seq, &post.post.id)),
+            Self::CommentCreated { seq, comment } => Some((*seq, &comment.post_id)),
+            Self::CommentUpdated { seq, comment } => Some((*seq, &comment.post_id)),
             Self::Resync => None,
         }
     }

@@ -6,7 +6,7 @@
 //! it touched, the next reader reads only those again, and the page is the posts joined.
 //! A change polled for is then one indexed read away, not a read of every post.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,14 +31,29 @@ pub struct ViewCache {
     generation: AtomicU64,
     pages: Mutex<HashMap<PageKey, (u64, Bytes)>>,
     whole: Mutex<Whole>,
-    /// Posts this replica's consumer changed in a transaction that has not committed:
-    /// they become stale when it commits, not before (a read before the commit would
-    /// cache the post as it was).
-    applying: Mutex<Stale>,
+    /// What this replica's own consumer changes: known at once, not from the announcement.
+    own: Mutex<Own>,
     /// One render at a time: a burst of readers after a change waits for one render
     /// instead of running the same query side by side.
     rendering: tokio::sync::Mutex<()>,
 }
+
+/// This replica's own consumer's changes.
+#[derive(Default)]
+struct Own {
+    /// Posts changed by a transaction that has not committed: they become stale when it
+    /// commits, not before (a read before the commit would cache the post as it was).
+    applying: Stale,
+    /// Its changes, by seq and post: pending until it commits, then until announced.
+    changes: Vec<(i64, String)>,
+    /// Committed changes whose announcement is still to come: hearing one is no news,
+    /// and does not make the post stale a second time.
+    unheard: VecDeque<(i64, String)>,
+}
+
+/// Committed changes remembered until their announcement; beyond, the oldest are
+/// forgotten (their announcement, if it ever comes, only costs a read).
+const MAX_UNHEARD: usize = 1_024;
 
 /// What of the whole view may differ from the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,19 +184,42 @@ impl ViewCache {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Inside this replica's consumer transaction: it changes `post`.
-    pub fn applying(&self, post: &str) {
-        self.lock_applying().add(post);
+    /// An announced change to `post` at `seq`: stale, unless this replica applied it
+    /// itself and already knows.
+    pub fn heard(&self, seq: i64, post: &str) {
+        {
+            let mut own = self.lock_own();
+            if let Some(at) = own.unheard.iter().position(|(s, p)| *s == seq && p == post) {
+                own.unheard.remove(at);
+                return;
+            }
+        }
+        self.changed(post);
+    }
+
+    /// Inside this replica's consumer transaction: it changes `post`, at `seq`.
+    pub fn applying(&self, seq: i64, post: &str) {
+        let mut own = self.lock_own();
+        own.applying.add(post);
+        own.changes.push((seq, post.to_owned()));
     }
 
     /// Inside this replica's consumer transaction: it changes posts it does not name.
     pub fn applying_everything(&self) {
-        *self.lock_applying() = Stale::Everything;
+        self.lock_own().applying = Stale::Everything;
     }
 
     /// This replica's consumer transaction committed: what it changed is stale now.
     pub fn committed(&self) {
-        let applied = std::mem::take(&mut *self.lock_applying());
+        let applied = {
+            let mut own = self.lock_own();
+            let changes = std::mem::take(&mut own.changes);
+            own.unheard.extend(changes);
+            while own.unheard.len() > MAX_UNHEARD {
+                own.unheard.pop_front();
+            }
+            std::mem::take(&mut own.applying)
+        };
         self.lock_whole().stale.merge(applied);
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
@@ -283,8 +321,8 @@ impl ViewCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lock_applying(&self) -> MutexGuard<'_, Stale> {
-        self.applying
+    fn lock_own(&self) -> MutexGuard<'_, Own> {
+        self.own
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -432,7 +470,7 @@ mod tests {
         db.set(1, "p1", "one");
         whole(&cache, &db).await;
         // Applying: not committed yet, so a reader must not cache it as current.
-        cache.applying("p1");
+        cache.applying(1, "p1");
         db.set(1, "p1", "one, applied");
         assert_eq!(
             titles(&whole(&cache, &db).await),
@@ -449,6 +487,33 @@ mod tests {
         assert_eq!(
             titles(&whole(&cache, &db).await),
             expected(&[("p1", "one, applied"), ("p2", "two")])
+        );
+    }
+
+    #[tokio::test]
+    async fn hearing_its_own_committed_change_announced_reads_nothing_again() {
+        let cache = ViewCache::default();
+        let db = Posts::new();
+        db.set(1, "p1", "one");
+        cache.applying(7, "p1");
+        cache.committed();
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one")])
+        );
+        // Its own announcement: already known, not read again (the edit below is not
+        // announced, so a read would show it).
+        db.set(1, "p1", "one, edited unannounced");
+        cache.heard(7, "p1");
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one")])
+        );
+        // Another replica's change to the same post: read again.
+        cache.heard(8, "p1");
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, edited unannounced")])
         );
     }
 

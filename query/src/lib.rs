@@ -36,8 +36,8 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
         };
         // Invalidate first: a reader told of a change must not get the page before it.
         let changed = serde_json::from_str::<contract::StreamChange>(&change).ok();
-        match changed.as_ref().and_then(contract::StreamChange::post_id) {
-            Some(post) => heard_cache.changed(post),
+        match changed.as_ref().and_then(contract::StreamChange::subject) {
+            Some((seq, post)) => heard_cache.heard(seq, post),
             None => heard_cache.invalidate(),
         }
         // No receivers is fine: nobody is watching.

@@ -41,19 +41,13 @@ impl Reactions for ViewReactions {
         event: Event,
     ) -> Result<(), sqlx::Error> {
         let seq = envelope.seq;
-        let change = match &event {
+        let change = match event {
             Event::PostCreated(post) => StreamChange::PostCreated {
                 seq,
-                post: post.clone().into(),
+                post: post.into(),
             },
-            Event::CommentCreated(comment) => StreamChange::CommentCreated {
-                seq,
-                comment: comment.clone(),
-            },
-            Event::CommentUpdated(comment) => StreamChange::CommentUpdated {
-                seq,
-                comment: comment.clone(),
-            },
+            Event::CommentCreated(comment) => StreamChange::CommentCreated { seq, comment },
+            Event::CommentUpdated(comment) => StreamChange::CommentUpdated { seq, comment },
             Event::CommentModerated(_) => return Ok(()),
         };
         let text = change.to_json();
@@ -67,24 +61,24 @@ impl Reactions for ViewReactions {
             channel: VIEW_CHANGES,
             payload,
         });
-        let applied = match &event {
-            Event::PostCreated(post) => store::add_post(conn, post, announcement).await?,
-            Event::CommentCreated(comment) => {
+        let applied = match &change {
+            StreamChange::PostCreated { post, .. } => {
+                store::add_post(conn, &post.post, announcement).await?
+            }
+            StreamChange::CommentCreated { comment, .. } => {
                 store::add_comment(conn, comment, announcement).await?
             }
-            Event::CommentUpdated(comment) => {
+            StreamChange::CommentUpdated { comment, .. } => {
                 let applied = store::update_comment(conn, comment, announcement).await?;
                 if !applied {
                     tracing::debug!(comment_id = %comment.id, version = comment.version, "stale update ignored");
                 }
                 applied
             }
-            Event::CommentModerated(_) => false,
+            StreamChange::Resync => false,
         };
-        if applied {
-            if let Some(post) = change.post_id() {
-                self.cache.applying(post);
-            }
+        if let Some((seq, post)) = change.subject().filter(|_| applied) {
+            self.cache.applying(seq, post);
         }
         Ok(())
     }
