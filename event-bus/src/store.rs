@@ -74,10 +74,11 @@ impl Store {
         // The update waits for a concurrent append and then finds the head moved; the ids
         // are looked up in a snapshot that holds every event up to `head`, since this
         // replica saw `head` committed before the statement began.
+        let logged = logged_ids("$2");
         let sql = format!(
             "WITH head AS (
                  UPDATE log_head SET seq = $7
-                 WHERE seq = $9 AND NOT EXISTS (SELECT 1 FROM events WHERE id = ANY($2))
+                 WHERE seq = $9 AND NOT EXISTS ({logged})
                  RETURNING seq
              ), appended AS (
                  {INSERT_ROWS} WHERE EXISTS (SELECT 1 FROM head)
@@ -109,13 +110,12 @@ impl Store {
         let head: i64 = sqlx::query_scalar("SELECT seq FROM log_head FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
-        let known: HashMap<Uuid, i64> =
-            sqlx::query_as::<_, (Uuid, i64)>("SELECT id, seq FROM events WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
+        let known: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(&logged_ids("$1"))
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
         let (rows, accepted, next) = numbered(publications, ids, head, known)?;
         if next > head {
             // The rows, the new head and the announcement (delivered on commit to every
@@ -279,6 +279,17 @@ pub struct Leader {
 }
 
 /// The rows of an append, from the parameters `$1`–`$6`.
+/// The events of the ids in the array parameter `ids` that the log holds, as (id, seq),
+/// each looked up on its own through the index. `id = ANY(ids)` would be planned as one
+/// scan, and a connection keeps the plan it first made: made while the log was nearly
+/// empty, that is a scan of the whole log on every publish ever after.
+fn logged_ids(ids: &str) -> String {
+    format!(
+        "SELECT logged.id, logged.seq FROM unnest({ids}::uuid[]) AS wanted(id)
+         CROSS JOIN LATERAL (SELECT id, seq FROM events WHERE id = wanted.id LIMIT 1) logged"
+    )
+}
+
 const INSERT_ROWS: &str = "INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
      SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
      FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])

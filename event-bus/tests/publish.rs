@@ -424,3 +424,58 @@ async fn publishes_the_database_refuses_fail_alone_and_the_valid_ones_racing_the
     assert!(log.iter().all(|e| e["type"] == "Valid"));
     bus.stop().await;
 }
+
+/// A statement is planned once per connection and its plan kept: a lookup of the
+/// published ids planned while the log was empty must still go through the index once the
+/// log has grown, or every publish reads the whole log.
+#[tokio::test]
+async fn publishing_onto_a_grown_log_never_reads_the_whole_log() {
+    let db = test_db().await;
+    let mut subscriber = RecordingSubscriber::start();
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![("sub", subscriber.url())],
+            ..BusOptions::default()
+        },
+    )
+    .await;
+    let client = bus.client();
+    let batch = |first: usize, len: usize| (first..first + len).map(numbered).collect::<Vec<_>>();
+    // Planned, and the plan kept, while the log is nearly empty.
+    for round in 0..10 {
+        client.publish(&batch(round * 5, 5)).await.unwrap();
+    }
+    eventually(WAIT, "the first events delivered", || async {
+        subscriber.count() == 50
+    })
+    .await;
+    // What it missed meanwhile is read back from the log, a page at a time.
+    subscriber.go_down().await;
+    for round in 0..40 {
+        client.publish(&batch(50 + round * 100, 100)).await.unwrap();
+    }
+    subscriber.come_back();
+    let again = batch(5_000, 5);
+    for _ in 0..10 {
+        client.publish(&batch(6_000, 5)).await.unwrap();
+    }
+    // Ids already in the log take the locked path, which looks them up too.
+    client.publish(&again).await.unwrap();
+    let repeated = client.publish(&again).await.unwrap();
+    assert!(repeated.iter().all(|accepted| accepted.duplicate));
+    eventually(WAIT, "every event delivered", || async {
+        subscriber.count() == 4_105
+    })
+    .await;
+    bus.stop().await;
+    // A scan of the first few events, while the log is small, is the planner's right
+    // choice; one of the grown log reads 4,000 events.
+    let scans = testkit::table_scans(&db, "events").await;
+    assert!(scans.indexed > 0, "the lookups are counted");
+    assert!(
+        scans.sequential_rows < 1_000,
+        "publishes read {} events in sequence",
+        scans.sequential_rows
+    );
+}

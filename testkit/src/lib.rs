@@ -228,6 +228,51 @@ pub async fn count_rows(pool: &PgPool, table: &str) -> i64 {
         .unwrap_or_else(|error| panic!("count the rows of {table}: {error}"))
 }
 
+/// How every session of a test database but this one read a table: counted once those
+/// sessions have ended (a backend reports its counts when it exits).
+#[derive(Debug, sqlx::FromRow)]
+pub struct TableScans {
+    /// Rows read by sequential scans.
+    pub sequential_rows: i64,
+    /// Index scans started.
+    pub indexed: i64,
+}
+
+/// How `table` of `db` was read; stop every app using `db` first. Closes `db.pool`.
+///
+/// How tests prove a lookup goes through its index on a table that grew after the
+/// statement was first planned (a plan a connection kept from an empty table reads it
+/// whole).
+pub async fn table_scans(db: &TestDatabase, table: &str) -> TableScans {
+    db.pool.close().await;
+    let mut conn = PgConnection::connect(&db.url)
+        .await
+        .expect("connect to count the scans");
+    let others = "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(others)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count the other sessions")
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sessions of the test database still open after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query_as(
+        "SELECT seq_tup_read AS sequential_rows, COALESCE(idx_scan, 0) AS indexed
+         FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap_or_else(|error| panic!("read the scans of {table}: {error}"))
+}
+
 /// What the outbox holds, oldest first: each row's publication as JSON.
 pub async fn outbox_publications(pool: &PgPool) -> Vec<Value> {
     let rows: Vec<String> =
