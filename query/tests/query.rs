@@ -156,7 +156,7 @@ async fn the_view_has_the_courses_shape_in_creation_order() {
 }
 
 #[tokio::test]
-async fn adding_a_post_or_comment_twice_changes_nothing() {
+async fn adding_a_post_or_comment_twice_one_at_a_time_or_in_bulk_changes_nothing() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
     assert!(store::add_post(&mut conn, &post("p1", "original"), None)
@@ -180,6 +180,36 @@ async fn adding_a_post_or_comment_twice_changes_nothing() {
         json!({"p1": {"id": "p1", "title": "original", "comments": [
             {"id": "c1", "content": "original", "status": "pending"}
         ], "commentCount": 1}})
+    );
+    // In bulk (a catch-up page): what is there, and an id twice in one page.
+    let added = store::add_posts(
+        &mut conn,
+        &[post("p1", "again"), post("p2", "new"), post("p2", "twice")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(added, 1);
+    let added = store::add_comments(
+        &mut conn,
+        &[
+            comment("c1", "p1", "again"),
+            comment("c2", "p2", "new"),
+            comment("c2", "p2", "twice"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(added, 1);
+    assert_eq!(
+        view(&db.pool, None, None).await,
+        json!({
+            "p1": {"id": "p1", "title": "original", "comments": [
+                {"id": "c1", "content": "original", "status": "pending"}
+            ], "commentCount": 1},
+            "p2": {"id": "p2", "title": "new", "comments": [
+                {"id": "c2", "content": "new", "status": "pending"}
+            ], "commentCount": 1}
+        })
     );
 }
 
