@@ -181,7 +181,36 @@ async fn adding_a_post_or_comment_twice_one_at_a_time_or_in_bulk_changes_nothing
             {"id": "c1", "content": "original", "status": "pending"}
         ], "commentCount": 1}})
     );
-    // In bulk (a catch-up page): what is there, and an id twice in one page.
+    // A page big enough to be tried as all new first, in the consumer's transaction:
+    // one post already there and one twice make it fall back, and the transaction goes on.
+    let mut tx = db.pool.begin().await.unwrap();
+    let fresh: Vec<_> = (0..99).map(|n| post(&format!("q{n}"), "fresh")).collect();
+    let mut page = vec![post("p1", "again")];
+    page.extend(fresh.iter().cloned());
+    page.push(post("q50", "twice"));
+    assert_eq!(store::add_posts(&mut tx, &page).await.unwrap(), 99);
+    let all_new: Vec<_> = (0..100).map(|n| post(&format!("r{n}"), "new")).collect();
+    assert_eq!(store::add_posts(&mut tx, &all_new).await.unwrap(), 100);
+    let comments: Vec<_> = (0..100)
+        .map(|n| comment(&format!("rc{n}"), "r0", "hi"))
+        .chain([comment("c1", "p1", "again")])
+        .collect();
+    assert_eq!(store::add_comments(&mut tx, &comments).await.unwrap(), 100);
+    tx.commit().await.unwrap();
+    let whole = view(&db.pool, None, None).await;
+    assert_eq!(whole.as_object().unwrap().len(), 200);
+    assert_eq!(whole["q50"]["title"], "fresh");
+    assert_eq!(whole["r0"]["commentCount"], 100);
+    assert_eq!(whole["p1"]["commentCount"], 1);
+    sqlx::query("DELETE FROM comments WHERE post_id <> 'p1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM posts WHERE id <> 'p1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // In bulk, a few at a time (a run of deliveries): what is there, and an id twice.
     let added = store::add_posts(
         &mut conn,
         &[post("p1", "again"), post("p2", "new"), post("p2", "twice")],
