@@ -67,6 +67,9 @@ pub enum ConsumerError {
     Database(#[from] sqlx::Error),
     #[error("reading missing events from the bus: {0}")]
     Bus(#[from] BusError),
+    /// The task reading the next catch-up page panicked or was cancelled.
+    #[error("reading the next page of the log stopped: {0}")]
+    Reading(#[from] tokio::task::JoinError),
     #[error("the bus has no event {expected} (it sent {found:?}); refusing to skip it")]
     Hole { expected: i64, found: Option<i64> },
     /// The bus's log is not the one this service applied: refused until `resync`.
@@ -727,11 +730,19 @@ impl<H: Reactions> Consumer<H> {
             // An empty page past 0 is checked too: the log would end before our cursor.
             let (outcome, next) = match more {
                 Some(newest) => {
-                    let (outcome, next) = tokio::join!(
-                        self.deliver(page.events),
-                        self.bus.page_after(newest - 1, PAGE as u32)
-                    );
-                    (outcome?, Some(next?))
+                    // A task of its own, so another worker reads and parses the next page
+                    // while this one applies (joined on one task, they took turns).
+                    let bus = self.bus.clone();
+                    let reading =
+                        tokio::spawn(async move { bus.page_after(newest - 1, PAGE as u32).await });
+                    let outcome = match self.deliver(page.events).await {
+                        Ok(outcome) => outcome,
+                        Err(error) => {
+                            reading.abort();
+                            return Err(error);
+                        }
+                    };
+                    (outcome, Some(reading.await??))
                 }
                 None => (self.deliver(page.events).await?, None),
             };
