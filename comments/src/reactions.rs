@@ -2,7 +2,6 @@
 
 use contract::{CommentModerated, CommentUpdated, Envelope, Event, Publication};
 use service_kit::consumer::Reactions;
-use service_kit::notify;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -26,10 +25,7 @@ impl Reactions for CommentsReactions {
         event: Event,
     ) -> Result<(), sqlx::Error> {
         match event {
-            Event::PostCreated(post) => {
-                store::remember_post(&mut *conn, &post.id).await?;
-                notify::announce(conn, POSTS_LEARNED, "").await
-            }
+            Event::PostCreated(post) => store::remember_post(conn, &post.id, POSTS_LEARNED).await,
             Event::CommentModerated(moderated) => apply_moderation(conn, envelope, moderated).await,
             _ => Ok(()),
         }

@@ -15,11 +15,23 @@ pub async fn post_is_known(pool: &PgPool, post_id: &PostId) -> Result<bool, sqlx
         .await
 }
 
-pub async fn remember_post(conn: &mut PgConnection, post_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO known_posts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
-        .bind(post_id)
-        .execute(conn)
-        .await?;
+/// Remembers the post and, if it is new here, announces that on `channel` (on commit),
+/// in one statement.
+pub async fn remember_post(
+    conn: &mut PgConnection,
+    post_id: &str,
+    channel: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH remembered AS (
+             INSERT INTO known_posts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING 1
+         )
+         SELECT pg_notify($2, '') FROM remembered",
+    )
+    .bind(post_id)
+    .bind(channel)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

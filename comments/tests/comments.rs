@@ -58,7 +58,9 @@ fn moderated(id: Uuid, post_id: &str, status: CommentStatus) -> Event {
 
 async fn known_post(db: &TestDatabase, id: &str) -> PostId {
     let mut conn = db.pool.acquire().await.unwrap();
-    store::remember_post(&mut conn, id).await.unwrap();
+    store::remember_post(&mut conn, id, POSTS_LEARNED)
+        .await
+        .unwrap();
     PostId::parse(id).unwrap()
 }
 
@@ -96,8 +98,12 @@ async fn remembering_a_post_twice_keeps_one_known_post() {
     let post = PostId::parse("abc123").unwrap();
     assert!(!store::post_is_known(&db.pool, &post).await.unwrap());
     let mut conn = db.pool.acquire().await.unwrap();
-    store::remember_post(&mut conn, "abc123").await.unwrap();
-    store::remember_post(&mut conn, "abc123").await.unwrap();
+    store::remember_post(&mut conn, "abc123", POSTS_LEARNED)
+        .await
+        .unwrap();
+    store::remember_post(&mut conn, "abc123", POSTS_LEARNED)
+        .await
+        .unwrap();
     assert!(store::post_is_known(&db.pool, &post).await.unwrap());
     assert!(
         !store::post_is_known(&db.pool, &PostId::parse("other").unwrap())

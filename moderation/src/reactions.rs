@@ -2,6 +2,7 @@
 
 use contract::{CommentCreated, CommentModerated, Envelope, Event, Publication};
 use service_kit::consumer::Reactions;
+use service_kit::outbox;
 use sqlx::PgConnection;
 
 use crate::domain::Blocklist;
@@ -38,21 +39,21 @@ impl Moderator {
         comment: CommentCreated,
     ) -> Result<(), sqlx::Error> {
         let status = self.blocklist.decide(&comment.content);
-        if !store::record_decision(&mut *conn, &comment.id, &comment.post_id, status).await? {
-            tracing::info!("already decided; no second event");
-            return Ok(());
-        }
+        let (comment_id, post_id) = (comment.id.clone(), comment.post_id.clone());
         let event = Event::CommentModerated(CommentModerated {
             id: comment.id,
             post_id: comment.post_id,
             content: comment.content,
             status,
         });
-        service_kit::outbox::append(
-            conn,
-            &Publication::caused_by(&event, "moderation", envelope),
-        )
-        .await?;
+        // Written before it is known whether the decision is new: the decision and its
+        // event are one statement, a round trip fewer than a lookup and then the event.
+        let row = outbox::prepare(&Publication::caused_by(&event, "moderation", envelope))?;
+        if !store::record_decision(&mut *conn, &comment_id, &post_id, status, &row).await? {
+            tracing::info!("already decided; no second event");
+            return Ok(());
+        }
+        outbox::appended(row);
         tracing::info!(status = status.as_str(), "comment moderated");
         Ok(())
     }

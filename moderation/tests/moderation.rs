@@ -116,22 +116,26 @@ fn moderation_blocklist_overrides_the_default_and_ignores_spaces_and_empty_entri
 }
 
 #[tokio::test]
-async fn a_decision_is_recorded_once_and_never_changed() {
+async fn a_decision_is_recorded_once_with_its_event_and_never_changed() {
     let db = moderation_db().await;
     let mut conn = db.pool.acquire().await.unwrap();
+    let event = |n: i64| service_kit::outbox::OutboxRow {
+        event_id: uuid::Uuid::now_v7(),
+        publication: json!({"type": "CommentModerated", "data": {"n": n}}).to_string(),
+    };
     assert!(
-        store::record_decision(&mut conn, "c1", "p1", CommentStatus::Approved)
+        store::record_decision(&mut conn, "c1", "p1", CommentStatus::Approved, &event(1))
             .await
             .unwrap()
     );
     assert!(
-        !store::record_decision(&mut conn, "c1", "p1", CommentStatus::Rejected)
+        !store::record_decision(&mut conn, "c1", "p1", CommentStatus::Rejected, &event(2))
             .await
             .unwrap(),
         "a second decision was recorded"
     );
     assert!(
-        store::record_decision(&mut conn, "c2", "p1", CommentStatus::Rejected)
+        store::record_decision(&mut conn, "c2", "p1", CommentStatus::Rejected, &event(3))
             .await
             .unwrap()
     );
@@ -142,6 +146,12 @@ async fn a_decision_is_recorded_once_and_never_changed() {
             ("c2".into(), "p1".into(), "rejected".into()),
         ]
     );
+    let events: Vec<i64> = testkit::outbox_publications(&db.pool)
+        .await
+        .iter()
+        .map(|publication| publication["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(events, [1, 3], "an event without its decision, or twice");
 }
 
 #[tokio::test]

@@ -47,8 +47,15 @@ pub async fn append(conn: &mut PgConnection, publication: &Publication) -> Resul
         .bind(&row.publication)
         .execute(conn)
         .await?;
-    let _outside = APPENDED.try_with(|appended| appended.borrow_mut().push(row));
+    appended(row);
     Ok(())
+}
+
+/// Registers a row the caller wrote to the outbox in a statement of its own (`WITH change
+/// AS (…) INSERT INTO outbox …`), in a consumer's reactions: it is handed to the relay if
+/// the transaction commits, as `append`'s rows are.
+pub fn appended(row: OutboxRow) {
+    let _outside = APPENDED.try_with(|appended| appended.borrow_mut().push(row));
 }
 
 tokio::task_local! {
@@ -248,17 +255,16 @@ impl OutboxRelay {
         let body = json_array(handed.iter().map(|row| row.publication.as_str()));
         self.publish(body, handed.len()).await?;
         let ids: Vec<uuid::Uuid> = handed.iter().map(|row| row.event_id).collect();
-        let mut tx = self.database.pool.begin().await?;
         // Not waiting for the flush: a lost delete publishes the row again, and the bus
-        // keeps one copy of an id.
+        // keeps one copy of an id. One statement is its own transaction, and the setting
+        // holds for that transaction's commit: no BEGIN and COMMIT round trips.
         sqlx::query(
             "WITH published AS (DELETE FROM outbox WHERE event_id = ANY($1))
              SELECT set_config('synchronous_commit', 'off', true)",
         )
         .bind(&ids)
-        .execute(&mut *tx)
+        .execute(&self.database.pool)
         .await?;
-        tx.commit().await?;
         Ok(Published::Handed)
     }
 
