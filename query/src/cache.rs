@@ -94,6 +94,9 @@ impl Stale {
 /// that a patch copies the posts it did not read again instead of keeping them twice.
 struct Whole {
     stale: Stale,
+    /// A reader took the stale posts and is reading them again: until it has patched the
+    /// page, the page is not current even though nothing is marked stale.
+    reading: bool,
     page: Bytes,
     /// Each post's place in creation order and its `"id":{…}` in `page`, in that order.
     members: Vec<(i64, Range<usize>)>,
@@ -104,6 +107,7 @@ impl Default for Whole {
     fn default() -> Self {
         Self {
             stale: Stale::Everything,
+            reading: false,
             page: Bytes::from_static(b"{}"),
             members: Vec::new(),
             positions: HashMap::new(),
@@ -242,7 +246,11 @@ impl ViewCache {
         }
         // Taken before reading: a change that commits during the read marks its post
         // stale again, so this page is never served as current after it.
-        let stale = std::mem::take(&mut self.lock_whole().stale);
+        let stale = {
+            let mut whole = self.lock_whole();
+            whole.reading = true;
+            std::mem::take(&mut whole.stale)
+        };
         let ids = match &stale {
             Stale::Everything => {
                 QUERY.looked_up("miss");
@@ -253,14 +261,16 @@ impl ViewCache {
                 Some(posts.iter().cloned().collect())
             }
         };
-        match read(ids).await {
+        let read = read(ids).await;
+        let mut whole = self.lock_whole();
+        whole.reading = false;
+        match read {
             Ok(entries) => {
-                let mut whole = self.lock_whole();
                 whole.patch(&stale, entries);
                 Ok(whole.page.clone())
             }
             Err(error) => {
-                self.lock_whole().stale.merge(stale);
+                whole.stale.merge(stale);
                 Err(error)
             }
         }
@@ -310,7 +320,7 @@ impl ViewCache {
 
     fn whole_if_fresh(&self) -> Option<Bytes> {
         let whole = self.lock_whole();
-        whole.stale.is_empty().then(|| whole.page.clone())
+        (whole.stale.is_empty() && !whole.reading).then(|| whole.page.clone())
     }
 
     // A panic while holding these locks leaves nothing half-done that a later reader
@@ -547,6 +557,37 @@ mod tests {
             titles(&whole(&cache, &db).await),
             expected(&[("p1", "one, after a failed read")])
         );
+    }
+
+    #[tokio::test]
+    async fn a_reader_arriving_while_another_reads_the_change_waits_for_it_not_the_old_page() {
+        use futures_util::FutureExt;
+        let cache = ViewCache::default();
+        let db = Posts::new();
+        db.set(1, "p1", "one");
+        whole(&cache, &db).await;
+        db.set(1, "p1", "one, changed");
+        cache.changed("p1");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut first = Box::pin(cache.whole(|ids| async {
+            let _ = released.await;
+            db.read(ids).await
+        }));
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "the first reader is reading"
+        );
+        let mut second = Box::pin(cache.whole(|ids| db.read(ids)));
+        assert!(
+            (&mut second).now_or_never().is_none(),
+            "the second reader was served the page from before the change"
+        );
+        release.send(()).unwrap();
+        let (first, second) = tokio::join!(first, second);
+        for page in [first.unwrap(), second.unwrap()] {
+            let view: serde_json::Value = serde_json::from_slice(&page).unwrap();
+            assert_eq!(titles(&view), expected(&[("p1", "one, changed")]));
+        }
     }
 
     #[tokio::test]
