@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -36,6 +36,17 @@ pub struct ViewCache {
     /// One render at a time: a burst of readers after a change waits for one render
     /// instead of running the same query side by side.
     rendering: tokio::sync::Mutex<()>,
+    /// The whole view was read since it was last patched ahead of its readers.
+    polled: AtomicBool,
+    /// Wakes `keep_patched` after a change, when the whole view is being polled.
+    patch_ahead: tokio::sync::Notify,
+}
+
+/// How the whole view was found.
+enum Lookup {
+    Hit,
+    Patch,
+    Miss,
 }
 
 /// This replica's own consumer's changes.
@@ -180,12 +191,14 @@ impl ViewCache {
     pub fn invalidate(&self) {
         self.lock_whole().stale = Stale::Everything;
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.patch_ahead_if_polled();
     }
 
     /// After a committed change to `post` (its comments included).
     pub fn changed(&self, post: &str) {
         self.lock_whole().stale.add(post);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.patch_ahead_if_polled();
     }
 
     /// An announced change to `post` at `seq`: stale, unless this replica applied it
@@ -226,6 +239,34 @@ impl ViewCache {
         };
         self.lock_whole().stale.merge(applied);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.patch_ahead_if_polled();
+    }
+
+    /// Someone reads the whole view, and will again (clients poll it): patch it now,
+    /// not when the next poll comes. At most once per read, so that a burst of changes
+    /// costs no more renders than the polls would have made.
+    fn patch_ahead_if_polled(&self) {
+        if self.polled.swap(false, Ordering::SeqCst) {
+            self.patch_ahead.notify_one();
+        }
+    }
+
+    /// Patches the whole view with `read` after each change while it is being polled, so
+    /// that the poll after a change finds the page current instead of reading the
+    /// changed posts itself. Runs for as long as it is awaited.
+    pub async fn keep_patched<E, F, Fut>(&self, mut read: F)
+    where
+        E: std::fmt::Debug,
+        F: FnMut(Option<Vec<String>>) -> Fut,
+        Fut: Future<Output = Result<Vec<Entry>, E>>,
+    {
+        loop {
+            self.patch_ahead.notified().await;
+            if let Err(error) = self.current(&mut read).await {
+                // The next poll reads again, and says so if it fails too.
+                tracing::debug!(?error, "patching the view ahead of its readers failed");
+            }
+        }
     }
 
     /// The whole view: as cached, or with its stale posts read again (`read(Some(ids))`),
@@ -235,14 +276,27 @@ impl ViewCache {
         F: FnOnce(Option<Vec<String>>) -> Fut,
         Fut: Future<Output = Result<Vec<Entry>, E>>,
     {
+        self.polled.store(true, Ordering::SeqCst);
+        let (page, lookup) = self.current(read).await?;
+        QUERY.looked_up(match lookup {
+            Lookup::Hit => "hit",
+            Lookup::Patch => "patch",
+            Lookup::Miss => "miss",
+        });
+        Ok(page)
+    }
+
+    async fn current<E, F, Fut>(&self, read: F) -> Result<(Bytes, Lookup), E>
+    where
+        F: FnOnce(Option<Vec<String>>) -> Fut,
+        Fut: Future<Output = Result<Vec<Entry>, E>>,
+    {
         if let Some(page) = self.whole_if_fresh() {
-            QUERY.looked_up("hit");
-            return Ok(page);
+            return Ok((page, Lookup::Hit));
         }
         let _rendering = self.rendering.lock().await;
         if let Some(page) = self.whole_if_fresh() {
-            QUERY.looked_up("hit");
-            return Ok(page);
+            return Ok((page, Lookup::Hit));
         }
         // Taken before reading: a change that commits during the read marks its post
         // stale again, so this page is never served as current after it.
@@ -251,15 +305,9 @@ impl ViewCache {
             whole.reading = true;
             std::mem::take(&mut whole.stale)
         };
-        let ids = match &stale {
-            Stale::Everything => {
-                QUERY.looked_up("miss");
-                None
-            }
-            Stale::Posts(posts) => {
-                QUERY.looked_up("patch");
-                Some(posts.iter().cloned().collect())
-            }
+        let (ids, lookup) = match &stale {
+            Stale::Everything => (None, Lookup::Miss),
+            Stale::Posts(posts) => (Some(posts.iter().cloned().collect()), Lookup::Patch),
         };
         let read = read(ids).await;
         let mut whole = self.lock_whole();
@@ -267,7 +315,7 @@ impl ViewCache {
         match read {
             Ok(entries) => {
                 whole.patch(&stale, entries);
-                Ok(whole.page.clone())
+                Ok((whole.page.clone(), lookup))
             }
             Err(error) => {
                 whole.stale.merge(stale);
@@ -588,6 +636,50 @@ mod tests {
             let view: serde_json::Value = serde_json::from_slice(&page).unwrap();
             assert_eq!(titles(&view), expected(&[("p1", "one, changed")]));
         }
+    }
+
+    #[tokio::test]
+    async fn a_polled_view_is_patched_ahead_of_its_next_poll_and_an_unpolled_one_is_not() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        let cache = Arc::new(ViewCache::default());
+        let db = Arc::new(Posts::new());
+        let reads = Arc::new(AtomicUsize::new(0));
+        db.set(1, "p1", "one");
+        whole(&cache, &db).await;
+        let patcher = tokio::spawn({
+            let (cache, db, reads) = (cache.clone(), db.clone(), reads.clone());
+            async move {
+                cache
+                    .keep_patched(|ids| {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        db.read(ids)
+                    })
+                    .await
+            }
+        });
+        db.set(1, "p1", "one, changed");
+        cache.changed("p1");
+        let mut turns = 0;
+        while cache.whole_if_fresh().is_none() {
+            turns += 1;
+            assert!(turns < 1_000, "the polled view was not patched ahead");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // Nobody read it since: the next change waits for its reader.
+        db.set(1, "p1", "one, again");
+        cache.changed("p1");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(cache.whole_if_fresh().is_none());
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, again")])
+        );
+        patcher.abort();
     }
 
     #[tokio::test]

@@ -54,6 +54,21 @@ pub async fn build(config: BusUserConfig) -> Result<Application, StartError> {
         )
         .after_commit(move || own_cache.committed()),
     );
+    let (patching_cache, pool, mut stopping) = (
+        cache.clone(),
+        startup.pool.clone(),
+        startup.shutdown_signal(),
+    );
+    tokio::spawn(async move {
+        let read = |ids: Option<Vec<String>>| {
+            let pool = pool.clone();
+            async move { store::whole_view(&pool, ids.as_deref()).await }
+        };
+        tokio::select! {
+            () = patching_cache.keep_patched(read) => {}
+            () = stopping.triggered() => {}
+        }
+    });
     let state = web::Data::new(routes::QueryState {
         pool: startup.pool.clone(),
         changes,
