@@ -278,7 +278,6 @@ pub struct Leader {
     pub heartbeat_at: OffsetDateTime,
 }
 
-/// The rows of an append, from the parameters `$1`–`$6`.
 /// The events of the ids in the array parameter `ids` that the log holds, as (id, seq),
 /// each looked up on its own through the index. `id = ANY(ids)` would be planned as one
 /// scan, and a connection keeps the plan it first made: made while the log was nearly
@@ -290,6 +289,7 @@ fn logged_ids(ids: &str) -> String {
     )
 }
 
+/// The rows of an append, from the parameters `$1`–`$6`.
 const INSERT_ROWS: &str = "INSERT INTO events (seq, id, type, source, occurred_at, envelope, bytes)
      SELECT seq, id, type, source, occurred_at, envelope::json, octet_length(envelope)
      FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])

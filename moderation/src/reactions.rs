@@ -47,7 +47,7 @@ impl Moderator {
             status,
         });
         // Written before it is known whether the decision is new: the decision and its
-        // event are one statement, a round trip fewer than a lookup and then the event.
+        // event are one statement, a round trip fewer than the decision, then the event.
         let row = outbox::prepare(&Publication::caused_by(&event, "moderation", envelope))?;
         if !store::record_decision(&mut *conn, &comment_id, &post_id, status, &row).await? {
             tracing::info!("already decided; no second event");
