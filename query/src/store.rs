@@ -31,9 +31,11 @@ pub async fn add_post(
     announcement: Option<Announcement<'_>>,
 ) -> Result<bool, sqlx::Error> {
     let query = sqlx::query(
-        "WITH applied AS (
+        "WITH early AS (
+             DELETE FROM early_comment_counts WHERE post_id = $1 RETURNING n
+         ), applied AS (
              INSERT INTO posts (id, title, comment_count)
-             VALUES ($1, $2, (SELECT count(*) FROM comments WHERE post_id = $1))
+             VALUES ($1, $2, COALESCE((SELECT n FROM early), 0))
              ON CONFLICT (id) DO NOTHING RETURNING 1
          )
          SELECT (SELECT pg_notify($3, $4) WHERE $4::text IS NOT NULL) FROM applied",
@@ -152,10 +154,14 @@ pub async fn add_posts(conn: &mut PgConnection, posts: &[PostCreated]) -> Result
     bulk_insert(
         conn,
         posts.len(),
-        "INSERT INTO posts (id, title, comment_count)
-         SELECT id, title, (SELECT count(*) FROM comments c WHERE c.post_id = t.id)
+        "WITH early AS (
+             DELETE FROM early_comment_counts WHERE post_id = ANY($1) RETURNING post_id, n
+         )
+         INSERT INTO posts (id, title, comment_count)
+         SELECT t.id, t.title, COALESCE(early.n, 0)
          FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(id, title, n)
-         ORDER BY n",
+         LEFT JOIN early ON early.post_id = t.id
+         ORDER BY t.n",
         arrays(&[&ids, &titles])?,
     )
     .await

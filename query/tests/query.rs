@@ -22,7 +22,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres};
 use testkit::{
-    eventually, init_test_logging, service_env, unreachable_bus_url, RunningApp, TestDatabase,
+    count_rows, eventually, init_test_logging, service_env, unreachable_bus_url, RunningApp,
+    TestDatabase,
 };
 use uuid::Uuid;
 
@@ -364,6 +365,30 @@ async fn a_comment_that_arrives_before_its_post_shows_under_it_once_the_post_arr
         ], "commentCount": 1}}),
         "a post counts the comments that arrived before it"
     );
+    // Once counted, they are not counted again: a second comment adds one.
+    store::add_comment(&mut conn, &comment("c2", "p1", "later"), None)
+        .await
+        .unwrap();
+    assert_eq!(view(&db.pool, None, None).await["p1"]["commentCount"], 2);
+    // A page of posts big enough to be inserted as all new: the one with early comments
+    // (two, one of them by an update that overtook its comment) counts them, the others
+    // count none.
+    store::add_comments(
+        &mut conn,
+        &[comment("e1", "q7", "early"), comment("e2", "q7", "early")],
+    )
+    .await
+    .unwrap();
+    store::update_comments(&mut conn, &[update("e3", "q7", CommentStatus::Approved, 1)])
+        .await
+        .unwrap();
+    let page: Vec<_> = (0..100).map(|n| post(&format!("q{n}"), "t")).collect();
+    assert_eq!(store::add_posts(&mut conn, &page).await.unwrap(), 100);
+    let whole = view(&db.pool, None, None).await;
+    assert_eq!(whole["q7"]["commentCount"], 3);
+    assert_eq!(whole["q8"]["commentCount"], 0);
+    assert_eq!(whole["p1"]["commentCount"], 2);
+    assert_eq!(count_rows(&db.pool, "early_comment_counts").await, 0);
 }
 
 #[tokio::test]
