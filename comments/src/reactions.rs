@@ -25,10 +25,39 @@ impl Reactions for CommentsReactions {
         event: Event,
     ) -> Result<(), sqlx::Error> {
         match event {
-            Event::PostCreated(post) => store::remember_post(conn, &post.id, POSTS_LEARNED).await,
+            Event::PostCreated(post) => {
+                store::remember_posts(conn, &[post.id.as_str()], POSTS_LEARNED).await
+            }
             Event::CommentModerated(moderated) => apply_moderation(conn, envelope, moderated).await,
             _ => Ok(()),
         }
+    }
+
+    /// The posts in one statement, then each moderation in order (each emits its event).
+    /// Learning a post and updating a comment touch different rows, so the posts going
+    /// first changes nothing else.
+    async fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<(&Envelope, Event)>,
+    ) -> Result<(), sqlx::Error> {
+        let mut posts = Vec::new();
+        let mut moderations = Vec::new();
+        for (envelope, event) in events {
+            match event {
+                Event::PostCreated(post) => posts.push(post.id),
+                Event::CommentModerated(moderated) => moderations.push((envelope, moderated)),
+                _ => {}
+            }
+        }
+        if !posts.is_empty() {
+            let ids: Vec<&str> = posts.iter().map(String::as_str).collect();
+            store::remember_posts(&mut *conn, &ids, POSTS_LEARNED).await?;
+        }
+        for (envelope, moderated) in moderations {
+            apply_moderation(&mut *conn, envelope, moderated).await?;
+        }
+        Ok(())
     }
 }
 

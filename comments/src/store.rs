@@ -15,20 +15,21 @@ pub async fn post_is_known(pool: &PgPool, post_id: &PostId) -> Result<bool, sqlx
         .await
 }
 
-/// Remembers the post and, if it is new here, announces that on `channel` (on commit),
-/// in one statement.
-pub async fn remember_post(
+/// Remembers the posts and, if any is new here, announces that on `channel` (once, on
+/// commit), in one statement.
+pub async fn remember_posts(
     conn: &mut PgConnection,
-    post_id: &str,
+    post_ids: &[&str],
     channel: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH remembered AS (
-             INSERT INTO known_posts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING 1
+             INSERT INTO known_posts (id) SELECT * FROM UNNEST($1::text[])
+             ON CONFLICT (id) DO NOTHING RETURNING 1
          )
-         SELECT pg_notify($2, '') FROM remembered",
+         SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM remembered)",
     )
-    .bind(post_id)
+    .bind(post_ids)
     .bind(channel)
     .execute(conn)
     .await?;

@@ -58,7 +58,7 @@ fn moderated(id: Uuid, post_id: &str, status: CommentStatus) -> Event {
 
 async fn known_post(db: &TestDatabase, id: &str) -> PostId {
     let mut conn = db.pool.acquire().await.unwrap();
-    store::remember_post(&mut conn, id, POSTS_LEARNED)
+    store::remember_posts(&mut conn, &[id], POSTS_LEARNED)
         .await
         .unwrap();
     PostId::parse(id).unwrap()
@@ -98,10 +98,10 @@ async fn remembering_a_post_twice_keeps_one_known_post() {
     let post = PostId::parse("abc123").unwrap();
     assert!(!store::post_is_known(&db.pool, &post).await.unwrap());
     let mut conn = db.pool.acquire().await.unwrap();
-    store::remember_post(&mut conn, "abc123", POSTS_LEARNED)
+    store::remember_posts(&mut conn, &["abc123"], POSTS_LEARNED)
         .await
         .unwrap();
-    store::remember_post(&mut conn, "abc123", POSTS_LEARNED)
+    store::remember_posts(&mut conn, &["abc123"], POSTS_LEARNED)
         .await
         .unwrap();
     assert!(store::post_is_known(&db.pool, &post).await.unwrap());
@@ -365,6 +365,29 @@ async fn post_created_makes_the_post_known_and_wakes_waiting_requests_on_every_r
     // The same post announced again (a republish) is harmless.
     consumer.deliver(vec![envelope(2, &created)]).await.unwrap();
     assert_eq!(count_rows(&db.pool, "known_posts").await, 1);
+    // A delivery big enough to be applied together, with a moderation of an unknown
+    // comment among the posts and "abc" once more: every post known, the waiting woken.
+    let mut batch: Vec<Envelope> = (0..20)
+        .map(|n| {
+            let post = Event::PostCreated(PostCreated {
+                id: format!("p{n}"),
+                title: "t".into(),
+            });
+            envelope(3 + n, &post)
+        })
+        .collect();
+    batch.push(envelope(23, &created));
+    batch.push(envelope(
+        24,
+        &moderated(Uuid::now_v7(), "p1", CommentStatus::Approved),
+    ));
+    let outcome = consumer.deliver(batch).await.unwrap();
+    assert_eq!(outcome.cursor, 24);
+    assert_eq!(count_rows(&db.pool, "known_posts").await, 21);
+    tokio::time::timeout(WAIT, replica.recv())
+        .await
+        .expect("waiting requests not woken by posts applied together")
+        .unwrap();
 }
 
 /// Post p1 with a pending comment "Nice" on it, and a consumer to moderate it.
