@@ -42,6 +42,45 @@ pub struct ViewCache {
     patch_ahead: tokio::sync::Notify,
 }
 
+/// The stale posts a reader took to read again; put back if it never patches the page.
+struct Reading<'a> {
+    cache: &'a ViewCache,
+    stale: Stale,
+    patched: bool,
+}
+
+impl<'a> Reading<'a> {
+    fn start(cache: &'a ViewCache) -> Self {
+        let mut whole = cache.lock_whole();
+        whole.reading = true;
+        let stale = std::mem::take(&mut whole.stale);
+        Self {
+            cache,
+            stale,
+            patched: false,
+        }
+    }
+
+    /// Patches the page with what was read of the posts taken: they are current now.
+    fn patch(mut self, entries: Vec<Entry>) -> Bytes {
+        self.patched = true;
+        let mut whole = self.cache.lock_whole();
+        whole.reading = false;
+        whole.patch(&self.stale, entries);
+        whole.page.clone()
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if !self.patched {
+            let mut whole = self.cache.lock_whole();
+            whole.reading = false;
+            whole.stale.merge(std::mem::take(&mut self.stale));
+        }
+    }
+}
+
 /// How the whole view was found.
 enum Lookup {
     Hit,
@@ -300,28 +339,15 @@ impl ViewCache {
         }
         // Taken before reading: a change that commits during the read marks its post
         // stale again, so this page is never served as current after it.
-        let stale = {
-            let mut whole = self.lock_whole();
-            whole.reading = true;
-            std::mem::take(&mut whole.stale)
-        };
-        let (ids, lookup) = match &stale {
+        let reading = Reading::start(self);
+        let (ids, lookup) = match &reading.stale {
             Stale::Everything => (None, Lookup::Miss),
             Stale::Posts(posts) => (Some(posts.iter().cloned().collect()), Lookup::Patch),
         };
-        let read = read(ids).await;
-        let mut whole = self.lock_whole();
-        whole.reading = false;
-        match read {
-            Ok(entries) => {
-                whole.patch(&stale, entries);
-                Ok((whole.page.clone(), lookup))
-            }
-            Err(error) => {
-                whole.stale.merge(stale);
-                Err(error)
-            }
-        }
+        // A failed read, or one abandoned (its request went away), leaves what it took
+        // stale (`Reading`'s drop).
+        let entries = read(ids).await?;
+        Ok((reading.patch(entries), lookup))
     }
 
     /// A page other than the whole view: as cached, or rendered by `render`.
@@ -636,6 +662,27 @@ mod tests {
             let view: serde_json::Value = serde_json::from_slice(&page).unwrap();
             assert_eq!(titles(&view), expected(&[("p1", "one, changed")]));
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_abandoned_halfway_leaves_what_it_took_stale() {
+        use futures_util::FutureExt;
+        let cache = ViewCache::default();
+        let db = Posts::new();
+        db.set(1, "p1", "one");
+        whole(&cache, &db).await;
+        db.set(1, "p1", "one, changed");
+        cache.changed("p1");
+        // Its request went away while it read: the server drops the handler.
+        let mut abandoned =
+            Box::pin(cache.whole(|_| std::future::pending::<Result<Vec<Entry>, ()>>()));
+        assert!((&mut abandoned).now_or_never().is_none());
+        drop(abandoned);
+        assert_eq!(
+            titles(&whole(&cache, &db).await),
+            expected(&[("p1", "one, changed")]),
+            "the next reader was served the page from before the change"
+        );
     }
 
     #[tokio::test]
