@@ -633,15 +633,21 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_reader_arriving_while_another_reads_the_change_waits_for_it_not_the_old_page() {
-        use futures_util::FutureExt;
+    /// A cache that served p1 as "one", then heard that p1 changed to "one, changed".
+    async fn p1_cached_then_changed() -> (ViewCache, Posts) {
         let cache = ViewCache::default();
         let db = Posts::new();
         db.set(1, "p1", "one");
         whole(&cache, &db).await;
         db.set(1, "p1", "one, changed");
         cache.changed("p1");
+        (cache, db)
+    }
+
+    #[tokio::test]
+    async fn a_reader_arriving_while_another_reads_the_change_waits_for_it_not_the_old_page() {
+        use futures_util::FutureExt;
+        let (cache, db) = p1_cached_then_changed().await;
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let mut first = Box::pin(cache.whole(|ids| async {
             let _ = released.await;
@@ -667,12 +673,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_abandoned_halfway_leaves_what_it_took_stale() {
         use futures_util::FutureExt;
-        let cache = ViewCache::default();
-        let db = Posts::new();
-        db.set(1, "p1", "one");
-        whole(&cache, &db).await;
-        db.set(1, "p1", "one, changed");
-        cache.changed("p1");
+        let (cache, db) = p1_cached_then_changed().await;
         // Its request went away while it read: the server drops the handler.
         let mut abandoned =
             Box::pin(cache.whole(|_| std::future::pending::<Result<Vec<Entry>, ()>>()));
