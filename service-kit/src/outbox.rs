@@ -96,7 +96,15 @@ pub fn prepare(publication: &Publication) -> Result<OutboxRow, sqlx::Error> {
 #[derive(Debug, Clone, Default)]
 pub struct OutboxWaker {
     notify: Arc<Notify>,
-    handed: Arc<std::sync::Mutex<Vec<OutboxRow>>>,
+    handed: Arc<std::sync::Mutex<Handed>>,
+}
+
+/// Rows handed over and not yet taken by the relay, and whether any had to be left to
+/// the table since the relay last took them (beyond `HANDED_LIMIT`).
+#[derive(Debug, Default)]
+struct Handed {
+    rows: Vec<OutboxRow>,
+    overflowed: bool,
 }
 
 impl OutboxWaker {
@@ -108,23 +116,31 @@ impl OutboxWaker {
     /// publish it at once instead of reading it back (the row stays the durable copy).
     pub fn hand(&self, row: OutboxRow) {
         if let Ok(mut handed) = self.handed.lock() {
-            if handed.len() < HANDED_LIMIT {
-                handed.push(row);
+            if handed.rows.len() < HANDED_LIMIT {
+                handed.rows.push(row);
+            } else {
+                handed.overflowed = true;
             }
         }
         self.wake();
     }
 
-    fn take_handed(&self) -> Vec<OutboxRow> {
-        self.handed
-            .lock()
-            .map(|mut handed| std::mem::take(&mut *handed))
-            .unwrap_or_default()
+    /// The rows handed over since the last call, and whether only they were (no row was
+    /// left to the table meanwhile).
+    fn take_handed(&self) -> (Vec<OutboxRow>, bool) {
+        match self.handed.lock() {
+            Ok(mut handed) => {
+                let Handed { rows, overflowed } = std::mem::take(&mut *handed);
+                (rows, !overflowed)
+            }
+            // A relay that cannot tell reads the table.
+            Err(_) => (Vec::new(), false),
+        }
     }
 }
 
 /// Rows kept for the relay's fast path; beyond, they wait in the table (read in order).
-const HANDED_LIMIT: usize = 1_000;
+pub const HANDED_LIMIT: usize = 1_000;
 
 /// What one turn of the relay published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +149,9 @@ pub enum Published {
     Nothing,
     /// This many rows, the oldest in the table.
     Rows(usize),
-    /// Rows handed over after their commit.
-    Handed,
+    /// Rows handed over after their commit; `all` unless some did not fit one request
+    /// (they wait in the table, older than anything handed next).
+    Handed { all: bool },
 }
 
 pub struct OutboxRelay {
@@ -206,7 +223,7 @@ impl OutboxRelay {
                 self.flush_on_shutdown().await;
                 return;
             }
-            let handed = self.waker.take_handed();
+            let (handed, only_handed) = self.waker.take_handed();
             let published = if caught_up && !handed.is_empty() {
                 self.publish_handed(handed).await
             } else {
@@ -217,7 +234,15 @@ impl OutboxRelay {
                     caught_up = false;
                     backoff.reset();
                 }
-                Ok(Published::Handed) => backoff.reset(),
+                Ok(Published::Handed { all }) => {
+                    backoff.reset();
+                    // Rows left to the table (too many handed, or too big for one
+                    // request) are older than anything handed next: the table goes first.
+                    // (Reading the table even after all went, when nothing new is
+                    // handed, gathers what other requests committed meanwhile into one
+                    // bigger publish: skipping that read cost 15 % of the write figure.)
+                    caught_up = all && only_handed;
+                }
                 Ok(Published::Nothing) => {
                     caught_up = true;
                     tokio::select! {
@@ -251,6 +276,7 @@ impl OutboxRelay {
     /// Publishes rows handed over right after their commit, without reading them back,
     /// then deletes them. What does not fit one request stays for the table's turn.
     async fn publish_handed(&self, mut handed: Vec<OutboxRow>) -> Result<Published, RelayError> {
+        let taken = handed.len();
         cap_batch_bytes(&mut handed, |row| &row.publication);
         let body = json_array(handed.iter().map(|row| row.publication.as_str()));
         self.publish(body, handed.len()).await?;
@@ -265,7 +291,9 @@ impl OutboxRelay {
         .bind(&ids)
         .execute(&self.database.pool)
         .await?;
-        Ok(Published::Handed)
+        Ok(Published::Handed {
+            all: handed.len() == taken,
+        })
     }
 
     async fn flush_on_shutdown(&self) {

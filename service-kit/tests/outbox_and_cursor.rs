@@ -150,6 +150,76 @@ async fn outbox_rows_written_while_the_bus_is_down_are_published_in_order_once_i
     bus.stop().await;
 }
 
+/// More rows handed over at once than the relay keeps: the rest wait in the table, and go
+/// out before a row handed after them. (A current-thread runtime: the relay runs only
+/// when the test awaits, so the hands below are one burst it takes as one list.)
+#[tokio::test]
+async fn rows_left_to_the_table_go_out_before_rows_handed_after_them() {
+    let bus_db = test_db().await;
+    let producer = service_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let relay = OutboxRelay::new(Database::migrated(producer.pool.clone()), bus.client());
+    let waker = relay.waker();
+    let shutdown = Shutdown::new();
+    let relay_task = relay.spawn(shutdown.signal());
+    let commit = |publications: Vec<Publication>| {
+        let pool = producer.pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            for publication in &publications {
+                outbox::append(&mut tx, publication).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            publications
+        }
+    };
+    let handed_once = |count: usize| {
+        let pool = producer.pool.clone();
+        let client = bus.client();
+        async move {
+            eventually(WAIT, "published, and the outbox empty", || async {
+                OutboxRelay::pending(&pool).await.unwrap() == 0
+                    && client.events_after(0, 5000).await.unwrap().len() == count
+            })
+            .await;
+        }
+    };
+    // Caught up: the relay has found the table empty after its first handed row.
+    let first = commit(vec![post(0)]).await;
+    waker.hand(outbox::prepare(&first[0]).unwrap());
+    handed_once(1).await;
+
+    let burst = commit((1..=outbox::HANDED_LIMIT + 2).map(post).collect()).await;
+    for publication in &burst {
+        waker.hand(outbox::prepare(publication).unwrap());
+    }
+    // Committed and handed while the relay publishes the burst's first HANDED_LIMIT.
+    let after = commit(vec![post(outbox::HANDED_LIMIT + 3)]).await;
+    waker.hand(outbox::prepare(&after[0]).unwrap());
+    handed_once(outbox::HANDED_LIMIT + 4).await;
+
+    let ids: Vec<String> = whole_log(&bus)
+        .await
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = first
+        .iter()
+        .chain(&burst)
+        .chain(&after)
+        .map(|p| p.id.unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), expected.len(), "published twice or not at all");
+    let out_of_order = ids.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(
+        out_of_order, None,
+        "the log leaves commit order at this index"
+    );
+    shutdown.trigger();
+    relay_task.await.unwrap();
+    bus.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redelivered_batch_changes_nothing() {
     let bus_db = test_db().await;
