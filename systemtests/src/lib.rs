@@ -229,12 +229,19 @@ impl Microblog {
         all
     }
 
-    /// Whether every instance answers `/readyz` with 200.
+    /// Whether every instance answers `/readyz` with 200 and its Service has seen it
+    /// (the Service probes on its own clock: until then it still answers 503).
     pub async fn all_ready(&self) -> bool {
-        self.health()
+        let answered = self
+            .health()
             .await
             .iter()
-            .all(|(_, _, ready)| *ready == 200)
+            .all(|(_, _, ready)| *ready == 200);
+        answered
+            && SERVICES.iter().all(|service| {
+                self.stack.endpoints(service.name).ready_count()
+                    == self.stack.instances(service.name).count()
+            })
     }
 
     /// The view as one query instance (`query`, its base URL) serves it.
