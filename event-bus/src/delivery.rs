@@ -56,6 +56,14 @@ pub fn spawn_all(
 /// before it is delivered on its own (so that its cursor follows the log).
 const COVER_UNWANTED_WITHIN: Duration = Duration::from_millis(250);
 
+/// A subscriber's 2xx answer, as far as the bus reads it.
+struct Acknowledgement {
+    /// The types it takes, if it says.
+    wants: Option<Vec<String>>,
+    /// The last seq it has applied, if it says (the consumers do; the course's do not).
+    cursor: Option<i64>,
+}
+
 struct DeliveryFailure {
     message: String,
     /// The subscriber answered that this log diverged from the one it applied.
@@ -158,15 +166,29 @@ impl Delivery {
                 .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
             match sent {
-                Ok(answered_wants) => {
+                Ok(answer) => {
                     BUS.delivered
                         .get_or_create(&labels)
                         .inc_by(pending.len() as u64);
                     let first = cursor + 1;
+                    let delivered_through = considered;
                     cursor = considered;
                     backoff.reset();
-                    if let Some(answered) = answered_wants {
+                    if let Some(answered) = answer.wants {
                         wants.get_or_insert_with(HashSet::new).extend(answered);
+                    }
+                    // A subscriber already further on (it caught up by reading the log
+                    // itself) would be sent everything up to its cursor only to skip it:
+                    // go on from there. Never past this log's head: a consumer's 200
+                    // means it found its cursor's event in this log.
+                    if let Some(ahead) = answer
+                        .cursor
+                        .map(|c| c.min(*head.borrow()))
+                        .filter(|&c| c > considered)
+                    {
+                        considered = ahead;
+                        considered_id = None;
+                        cursor = ahead;
                     }
                     if let Err(error) = self.store.acknowledge(name, cursor).await {
                         // Delivered, but not recorded: after a restart this batch is sent
@@ -176,7 +198,8 @@ impl Delivery {
                     tracing::info!(
                         subscriber = name,
                         first_seq = first,
-                        last_seq = cursor,
+                        last_seq = delivered_through,
+                        subscriber_cursor = cursor,
                         count = pending.len(),
                         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
                         "delivered"
@@ -213,12 +236,12 @@ impl Delivery {
     }
 
     /// Sends `batch` (all of `covers` that the subscriber takes, when it said which);
-    /// on success, the types the subscriber said it takes, if it did.
+    /// on success, what the subscriber said of itself.
     async fn post(
         &self,
         batch: &[StoredEvent],
         covers: Option<Covers>,
-    ) -> Result<Option<Vec<String>>, DeliveryFailure> {
+    ) -> Result<Acknowledgement, DeliveryFailure> {
         let body = json_array(batch.iter().map(|e| e.envelope.as_str()));
         let (span, traceparent) = otlp::call_span("deliver", &body);
         span.record("peer", self.subscriber.name.as_str());
@@ -248,7 +271,12 @@ impl Delivery {
         let answer = serde_json::from_str::<serde_json::Value>(&text).ok();
         if status.is_success() {
             // A subscriber that does not say (the course's services) gets everything.
-            return Ok(answer.and_then(|a| serde_json::from_value(a["wants"].clone()).ok()));
+            return Ok(Acknowledgement {
+                wants: answer
+                    .as_ref()
+                    .and_then(|a| serde_json::from_value(a["wants"].clone()).ok()),
+                cursor: answer.as_ref().and_then(|a| a["cursor"].as_i64()),
+            });
         }
         let code = answer.and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
         let diverged =

@@ -411,3 +411,54 @@ async fn a_subscriber_that_says_what_it_takes_gets_only_that_and_every_seq_cover
     );
     bus.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_answers_it_is_further_on_is_sent_only_what_follows_and_never_skips_past_the_head(
+) {
+    let db = test_db().await;
+    let ahead = RecordingSubscriber::start();
+    ahead.set_mode(SubscriberMode::Fail(503));
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![("ahead", ahead.url())],
+            batch_size: 50,
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = bus.client();
+    let batch: Vec<_> = (0..300).map(numbered).collect();
+    for chunk in batch.chunks(100) {
+        client.publish(chunk).await.expect("publish");
+    }
+    // As a consumer that read the log to seq 200 by itself, while the bus could not
+    // reach it: the first delivery tells the bus, which goes on after 200.
+    ahead.claiming_cursor(200);
+    ahead.set_mode(SubscriberMode::Accept);
+    eventually(WAIT, "seq 300 delivered", || async {
+        ahead.seqs().last() == Some(&300)
+    })
+    .await;
+    let expected: Vec<i64> = (1..=50).chain(201..=300).collect();
+    assert_eq!(ahead.seqs(), expected);
+
+    // A cursor past the log's head moves the bus no further than its head: what is
+    // published next is still delivered.
+    ahead.claiming_cursor(1_000_000);
+    for n in 300..303 {
+        client.publish(&[numbered(n)]).await.expect("publish");
+        eventually(WAIT, "the newest event delivered", || async {
+            ahead.seqs().last() == Some(&(n as i64 + 1))
+        })
+        .await;
+    }
+    let status: serde_json::Value = reqwest::get(format!("{}/subscriptions", bus.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["subscriptions"][0]["cursor"], 303, "{status}");
+    bus.stop().await;
+}

@@ -25,6 +25,8 @@ struct State {
     wants: Option<Vec<String>>,
     /// Each successful delivery: its `Event-Bus-Covers` header, if it had one, and seqs.
     batches: Vec<(Option<String>, Vec<i64>)>,
+    /// The cursor it answers with, as a consumer that read the log itself is further on.
+    claimed_cursor: Option<i64>,
 }
 
 pub struct RecordingSubscriber {
@@ -119,6 +121,11 @@ impl RecordingSubscriber {
             Some(types.iter().map(|t| (*t).to_owned()).collect());
     }
 
+    /// Answers every delivery as a consumer whose cursor is `seq`.
+    pub fn claiming_cursor(&self, seq: i64) {
+        self.state.lock().expect("state lock").claimed_cursor = Some(seq);
+    }
+
     /// Each successful delivery's `Event-Bus-Covers` header and seqs, in order.
     pub fn batches(&self) -> Vec<(Option<String>, Vec<i64>)> {
         self.state.lock().expect("state lock").batches.clone()
@@ -161,8 +168,12 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     state.batches.push((covers, seqs));
-    match &state.wants {
-        Some(wants) => HttpResponse::Ok().json(serde_json::json!({ "wants": wants })),
-        None => HttpResponse::Ok().json(serde_json::json!({ "status": "OK" })),
+    let mut answer = serde_json::json!({ "status": "OK" });
+    if let Some(wants) = &state.wants {
+        answer["wants"] = serde_json::json!(wants);
     }
+    if let Some(cursor) = state.claimed_cursor {
+        answer["cursor"] = serde_json::json!(cursor);
+    }
+    HttpResponse::Ok().json(answer)
 }
