@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::bus::{BusClient, BusError};
+use crate::bus::{BusClient, BusError, LogPage};
 use crate::error::{error_chain, ApiError, DatabaseFailure};
 use crate::http::{Authorized, BodyLimit, EventsAuth, JsonBody};
 use crate::metrics;
@@ -67,9 +67,9 @@ pub enum ConsumerError {
     Database(#[from] sqlx::Error),
     #[error("reading missing events from the bus: {0}")]
     Bus(#[from] BusError),
-    /// The task reading the next catch-up page panicked or was cancelled.
+    /// The task reading the catch-up pages ahead stopped before the last one.
     #[error("reading the next page of the log stopped: {0}")]
-    Reading(#[from] tokio::task::JoinError),
+    Reading(String),
     #[error("the bus has no event {expected} (it sent {found:?}); refusing to skip it")]
     Hole { expected: i64, found: Option<i64> },
     /// The bus's log is not the one this service applied: refused until `resync`.
@@ -694,65 +694,100 @@ impl<H: Reactions> Consumer<H> {
 
     /// Reads and applies everything the bus had when catch-up began, a page at a time
     /// (the bus may answer a page short, when its events are large). Each page starts at
-    /// the cursor's own event, so a rewound log is caught here.
+    /// the event before it, so a rewound log is caught here.
     ///
     /// The goal is the head the first answer names, not "nothing newer": under steady
     /// writes there is always something newer, and a replica starting beside a live one
     /// would chase the deliveries for as long as the writes go on.
     ///
-    /// The next page is read while this one is applied; it starts at this page's last
-    /// event, which is the cursor once this page is in (a replica that moved the shared
-    /// cursor further meanwhile only makes part of it a redelivery).
+    /// The pages after the first are read on a task of their own, up to `READ_AHEAD` of
+    /// them ahead of the one being applied, so that reading and applying overlap; each
+    /// starts at the last event of the page before, which is the cursor once that page is
+    /// in (a replica that moved the shared cursor further meanwhile only makes part of it
+    /// a redelivery).
     pub async fn catch_up(&self) -> Result<i64, ConsumerError> {
-        let mut goal = None;
         let mut cursor = self.cursor().await?;
-        let mut prefetched = None;
+        let mut page = self
+            .bus
+            .page_after((cursor - 1).max(0), PAGE as u32)
+            .await?;
+        let goal = page.head;
+        if let Some(goal) = goal {
+            metrics::CONSUMER.catch_up_goal.set(goal);
+        }
+        if cursor == 0 && page.events.is_empty() {
+            return Ok(cursor);
+        }
+        let mut reader: Option<PageReader> = None;
         loop {
-            let page = match prefetched.take() {
-                Some(page) => page,
-                None => {
-                    self.bus
-                        .page_after((cursor - 1).max(0), PAGE as u32)
-                        .await?
-                }
-            };
-            if goal.is_none() {
-                goal = page.head;
-                if let Some(goal) = goal {
-                    metrics::CONSUMER.catch_up_goal.set(goal);
-                }
-            }
-            if cursor == 0 && page.events.is_empty() {
-                return Ok(cursor);
-            }
             let newest = page.events.last().map(|e| e.seq);
             let more = newest.filter(|&newest| newest > cursor && goal.is_none_or(|g| newest < g));
-            // An empty page past 0 is checked too: the log would end before our cursor.
-            let (outcome, next) = match more {
-                Some(newest) => {
-                    // A task of its own, so another worker reads and parses the next page
-                    // while this one applies (joined on one task, they took turns).
-                    let bus = self.bus.clone();
-                    let reading =
-                        tokio::spawn(async move { bus.page_after(newest - 1, PAGE as u32).await });
-                    let outcome = match self.deliver(page.events).await {
-                        Ok(outcome) => outcome,
-                        Err(error) => {
-                            reading.abort();
-                            return Err(error);
-                        }
-                    };
-                    (outcome, Some(reading.await??))
-                }
-                None => (self.deliver(page.events).await?, None),
+            let Some(newest) = more else {
+                // The last page (or an empty one past 0, checked too: the log would end
+                // before our cursor).
+                return Ok(self.deliver(page.events).await?.cursor);
             };
-            let reached = goal.is_some_and(|goal| outcome.cursor >= goal);
-            if reached || newest.is_none_or(|newest| newest <= cursor) {
+            let reader =
+                reader.get_or_insert_with(|| PageReader::start(self.bus.clone(), newest, goal));
+            let outcome = self.deliver(page.events).await?;
+            if goal.is_some_and(|goal| outcome.cursor >= goal) {
                 return Ok(outcome.cursor);
             }
             cursor = outcome.cursor;
-            prefetched = next;
+            page = reader.next().await?;
         }
+    }
+}
+
+/// Pages read after a catch-up page while it is applied, in order, until one reaches
+/// the goal, ends the log or makes no progress. Dropped, it stops reading.
+struct PageReader {
+    pages: tokio::sync::mpsc::Receiver<Result<LogPage, BusError>>,
+    task: JoinHandle<()>,
+}
+
+/// Pages read ahead of the one being applied: one waiting, one being read.
+const READ_AHEAD: usize = 1;
+
+impl PageReader {
+    fn start(bus: BusClient, mut newest: i64, goal: Option<i64>) -> Self {
+        let (sender, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let task = tokio::spawn(async move {
+            loop {
+                let page = bus.page_after(newest - 1, PAGE as u32).await;
+                let next = page
+                    .as_ref()
+                    .ok()
+                    .and_then(|p| p.events.last().map(|e| e.seq))
+                    .filter(|&next| next > newest && goal.is_none_or(|g| next < g));
+                if sender.send(page).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(next) => newest = next,
+                    None => return,
+                }
+            }
+        });
+        Self { pages, task }
+    }
+
+    async fn next(&mut self) -> Result<LogPage, ConsumerError> {
+        match self.pages.recv().await {
+            Some(page) => Ok(page?),
+            // It sends every page it reads, the last one included, before it ends: it
+            // stopped early only if it panicked or was cancelled.
+            None => Err(ConsumerError::Reading(match (&mut self.task).await {
+                Err(stopped) => stopped.to_string(),
+                Ok(()) => "it ended after its last page".into(),
+            })),
+        }
+    }
+}
+
+impl Drop for PageReader {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

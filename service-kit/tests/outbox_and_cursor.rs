@@ -317,6 +317,29 @@ async fn a_delivery_that_skips_ahead_fills_the_hole_from_the_bus_and_applies_eve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catch_up_over_several_pages_read_ahead_applies_every_event_once_in_order() {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    // Two full pages and part of a third, after a few the consumer already has.
+    let all: Vec<_> = (0..12_345).map(post).collect();
+    for chunk in all.chunks(1_000) {
+        bus.client().publish(chunk).await.unwrap();
+    }
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    consumer
+        .deliver(bus.client().events_after(0, 7).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(consumer.catch_up().await.unwrap(), 12_345);
+    assert_eq!(
+        applied_seqs(&consumer_db.pool).await,
+        (1..=12_345).collect::<Vec<_>>()
+    );
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_catch_up_under_steady_publishing_ends_at_the_head_it_began_with() {
     let bus_db = test_db().await;
     let bus = start_bus(&bus_db, BusOptions::default()).await;
