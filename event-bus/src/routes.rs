@@ -34,8 +34,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// Events per page when streaming the log, and the bytes a page may hold.
-const PAGE: i64 = 1_000;
+/// Events per page when streaming the log (a catching-up consumer's whole request), and
+/// the bytes a page may hold.
+const PAGE: i64 = 5_000;
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// A read with `?limit=` ends after this much (always after at least one event): a
 /// reader catching up asks again from the last seq it got, so it never holds a huge page.
@@ -129,7 +130,7 @@ fn log_stream(
         let page_size = cursor.remaining.map_or(PAGE, |r| r.min(PAGE));
         let page = match cursor
             .store
-            .page_after(cursor.after, page_size, PAGE_BYTES)
+            .joined_page_after(cursor.after, page_size, PAGE_BYTES)
             .await
         {
             Ok(page) => page,
@@ -140,27 +141,26 @@ fn log_stream(
                 return Some((Err(ApiError::from(error)), cursor));
             }
         };
-        let mut chunk =
-            String::with_capacity(page.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 2);
+        let mut chunk = String::with_capacity(page.json.len() + 2);
         if !cursor.opened {
             chunk.push('[');
             cursor.opened = true;
         }
-        for event in &page {
+        if let Some(last) = page.last {
             if cursor.wrote_any {
                 chunk.push(',');
             }
-            chunk.push_str(&event.envelope);
+            chunk.push_str(&page.json);
             cursor.wrote_any = true;
-            cursor.after = event.seq;
+            cursor.after = last;
         }
         if let Some(remaining) = cursor.remaining.as_mut() {
-            *remaining -= page.len() as i64;
+            *remaining -= page.count;
         }
         cursor.sent_bytes += chunk.len();
         let read_enough = cursor.remaining.is_some() && cursor.sent_bytes >= LIMITED_READ_BYTES;
         // A short page may have been cut by its byte cap: only an empty one ends the log.
-        if page.is_empty() || cursor.remaining == Some(0) || read_enough {
+        if page.count == 0 || cursor.remaining == Some(0) || read_enough {
             chunk.push(']');
             cursor.finished = true;
         }

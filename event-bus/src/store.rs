@@ -17,6 +17,21 @@ pub struct Store {
     tail: Tail,
 }
 
+/// The events after `$1`, at most `$2`, each with the bytes up to and including it: a
+/// page keeps those that start within its byte cap.
+const PAGE: &str =
+    "SELECT seq, id, type, envelope, bytes, sum(bytes) OVER (ORDER BY seq) AS running
+                    FROM events WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+/// A page of the log as its events' JSON joined by commas (no brackets: a stream of pages
+/// is one array), the seq of its last event and how many it holds.
+#[derive(Debug)]
+pub struct JoinedPage {
+    pub json: String,
+    pub last: Option<i64>,
+    pub count: i64,
+}
+
 /// One stored event, as the JSON text that is delivered and replayed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {
@@ -153,19 +168,75 @@ impl Store {
         if let Some(page) = self.tail.after(after, limit, max_bytes) {
             return Ok(page);
         }
-        sqlx::query_as(
-            "SELECT seq, id, type AS kind, envelope::text AS envelope FROM (
-                 SELECT seq, id, type, envelope, bytes,
-                        sum(bytes) OVER (ORDER BY seq) AS running
-                 FROM events WHERE seq > $1 ORDER BY seq LIMIT $2
-             ) page
+        sqlx::query_as(&format!(
+            "SELECT seq, id, type AS kind, envelope::text AS envelope FROM ({PAGE}) page
              WHERE running - bytes < $3
-             ORDER BY seq",
-        )
+             ORDER BY seq"
+        ))
         .bind(after)
         .bind(limit)
         .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The same page as the JSON text a reader is sent, joined by PostgreSQL: a reader
+    /// of the log needs no event apart, and decoding each row cost the bus more than
+    /// reading them cost PostgreSQL.
+    pub async fn joined_page_after(
+        &self,
+        after: i64,
+        limit: i64,
+        max_bytes: usize,
+    ) -> Result<JoinedPage, sqlx::Error> {
+        if let Some(page) = self.tail.after(after, limit, max_bytes) {
+            return Ok(JoinedPage {
+                json: page
+                    .iter()
+                    .map(|e| e.envelope.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                last: page.last().map(|e| e.seq),
+                count: page.len() as i64,
+            });
+        }
+        // Unordered aggregates take the rows as the subquery sends them, in seq order,
+        // and a sort would cost a third of the read; but SQL does not promise that order.
+        // Every aggregate of one query sees the rows in the same order, so the seqs tell
+        // whether the envelopes came in order, and if not (never seen), they are read
+        // again, sorted.
+        let (json, seqs): (String, Vec<i64>) =
+            self.joined_page(after, limit, max_bytes, "").await?;
+        let (json, seqs) = if seqs.windows(2).all(|pair| pair[0] < pair[1]) {
+            (json, seqs)
+        } else {
+            self.joined_page(after, limit, max_bytes, "ORDER BY seq")
+                .await?
+        };
+        Ok(JoinedPage {
+            json,
+            last: seqs.iter().max().copied(),
+            count: seqs.len() as i64,
+        })
+    }
+
+    async fn joined_page(
+        &self,
+        after: i64,
+        limit: i64,
+        max_bytes: usize,
+        order: &str,
+    ) -> Result<(String, Vec<i64>), sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT coalesce(string_agg(envelope::text, ',' {order}), ''),
+                    coalesce(array_agg(seq {order}), '{{}}')
+             FROM ({PAGE}) page
+             WHERE running - bytes < $3"
+        ))
+        .bind(after)
+        .bind(limit)
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
         .await
     }
 
@@ -404,5 +475,65 @@ impl NewRows {
         self.sources.push(envelope.source);
         self.occurred.push(envelope.occurred_at);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Pages read from PostgreSQL (a store that appended nothing has no tail), unordered
+    /// and sorted, against the log as appended.
+    #[tokio::test]
+    async fn a_page_joined_in_postgresql_is_the_log_in_seq_order_either_way() {
+        let db = testkit::TestDatabase::new(&crate::MIGRATOR).await;
+        let writer = Store::new(db.pool.clone());
+        for chunk in 0..3 {
+            let publications: Vec<Publication> = (0..1000)
+                .map(|n| testkit::bus::numbered(chunk * 1000 + n))
+                .collect();
+            let head = writer.head().await.unwrap();
+            writer.append(&publications, head).await.unwrap();
+        }
+        let reader = Store::new(db.pool.clone());
+        let all = reader.page_after(0, 3000, usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 3000);
+        let expected = |from: usize, to: usize| {
+            all[from..to]
+                .iter()
+                .map(|e| e.envelope.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for order in ["", "ORDER BY seq"] {
+            let (json, seqs) = reader
+                .joined_page(1200, 500, usize::MAX, order)
+                .await
+                .unwrap();
+            assert_eq!(seqs, (1201..=1700).collect::<Vec<i64>>(), "{order}");
+            assert_eq!(json, expected(1200, 1700), "{order}");
+            // Cut by bytes: the events that start within the cap, and always one.
+            let (json, seqs) = reader.joined_page(1200, 500, 1, order).await.unwrap();
+            assert_eq!((json, seqs), (expected(1200, 1201), vec![1201]), "{order}");
+            let (json, seqs) = reader
+                .joined_page(3000, 500, usize::MAX, order)
+                .await
+                .unwrap();
+            assert_eq!((json.as_str(), seqs.len()), ("", 0), "{order}");
+        }
+        let page = reader
+            .joined_page_after(2990, 100, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((page.last, page.count), (Some(3000), 10));
+        assert_eq!(page.json, expected(2990, 3000));
+        // From this replica's tail, the same text.
+        let page = writer
+            .joined_page_after(2990, 100, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((page.last, page.count), (Some(3000), 10));
+        assert_eq!(page.json, expected(2990, 3000));
     }
 }
