@@ -46,6 +46,8 @@ pub fn start(
             .app_data(web::PayloadConfig::new(BODY_LIMIT))
             .default_service(web::to(route))
     })
+    // As ingress-nginx (`tcp_nodelay on`): a streamed answer's last write goes at once.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?
