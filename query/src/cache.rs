@@ -192,8 +192,16 @@ impl Whole {
             .into_iter()
             .filter(|(position, _)| !dropped.contains(position))
             .peekable();
+        // Room for all of it at once: a page that grew by doubling kept up to twice its
+        // size for as long as it was served.
+        let room = old.len()
+            + 2
+            + fresh
+                .values()
+                .map(|e| e.as_member().len() + 1)
+                .sum::<usize>();
         let mut fresh = fresh.into_iter().peekable();
-        let mut page = Vec::with_capacity(old.len() + 2);
+        let mut page = Vec::with_capacity(room);
         page.push(b'{');
         loop {
             let older = match (kept.peek(), fresh.peek()) {
