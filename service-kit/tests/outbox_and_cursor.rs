@@ -288,21 +288,36 @@ async fn two_replicas_given_overlapping_deliveries_at_once_apply_each_event_once
     bus.stop().await;
 }
 
+/// `count` posts in the bus's log, published a thousand at a time.
+async fn publish_posts(bus: &RunningBus, count: usize) {
+    let all: Vec<_> = (0..count).map(post).collect();
+    for chunk in all.chunks(1_000) {
+        bus.client().publish(chunk).await.unwrap();
+    }
+}
+
+/// A consumer on `db` that has applied the log's first `applied` events.
+async fn consumer_having_applied(
+    bus: &RunningBus,
+    db: &TestDatabase,
+    applied: u32,
+) -> Consumer<RecordPosts> {
+    let consumer = Consumer::new(db.pool.clone(), bus.client(), RecordPosts);
+    consumer
+        .deliver(bus.client().events_after(0, applied).await.unwrap())
+        .await
+        .unwrap();
+    consumer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_delivery_that_skips_ahead_fills_the_hole_from_the_bus_and_applies_everything_once_in_order(
 ) {
     let bus_db = test_db().await;
     let bus = start_bus(&bus_db, BusOptions::default()).await;
     let consumer_db = service_db().await;
-    let all: Vec<_> = (0..5050).map(post).collect();
-    for chunk in all.chunks(1000) {
-        bus.client().publish(chunk).await.unwrap();
-    }
-    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
-    consumer
-        .deliver(bus.client().events_after(0, 100).await.unwrap())
-        .await
-        .unwrap();
+    publish_posts(&bus, 5050).await;
+    let consumer = consumer_having_applied(&bus, &consumer_db, 100).await;
     assert_eq!(consumer.cursor().await.unwrap(), 100);
     // The consumer is at 100; the delivery starts at 5,000.
     let ahead = bus.client().events_after(4999, 51).await.unwrap();
@@ -322,15 +337,8 @@ async fn a_catch_up_over_several_pages_read_ahead_applies_every_event_once_in_or
     let bus = start_bus(&bus_db, BusOptions::default()).await;
     let consumer_db = service_db().await;
     // Two full pages and part of a third, after a few the consumer already has.
-    let all: Vec<_> = (0..12_345).map(post).collect();
-    for chunk in all.chunks(1_000) {
-        bus.client().publish(chunk).await.unwrap();
-    }
-    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
-    consumer
-        .deliver(bus.client().events_after(0, 7).await.unwrap())
-        .await
-        .unwrap();
+    publish_posts(&bus, 12_345).await;
+    let consumer = consumer_having_applied(&bus, &consumer_db, 7).await;
     assert_eq!(consumer.catch_up().await.unwrap(), 12_345);
     assert_eq!(
         applied_seqs(&consumer_db.pool).await,
