@@ -99,11 +99,10 @@ fn follow_the_head(
         &[LOG_APPENDED],
         shutdown.signal(),
         move |_, heard| match heard {
-            Heard::Message(seq) => {
-                if let Ok(seq) = seq.parse() {
-                    advance_head(&head, seq);
-                }
-            }
+            Heard::Message(seq) => match seq.parse() {
+                Ok(seq) if !store.is_being_committed(seq) => advance_head(&head, seq),
+                _ => {}
+            },
             Heard::Missed => {
                 let (store, head) = (store.clone(), head.clone());
                 tokio::spawn(async move {

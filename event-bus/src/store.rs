@@ -70,12 +70,24 @@ impl Store {
             .map(|p| p.id.unwrap_or_else(Uuid::now_v7))
             .collect();
         let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() == ids.len();
-        if distinct {
-            if let Some(accepted) = self.append_after(publications, &ids, head_hint).await? {
-                return Ok(accepted);
+        let appended = async {
+            if distinct {
+                if let Some(accepted) = self.append_after(publications, &ids, head_hint).await? {
+                    return Ok(accepted);
+                }
             }
+            self.append_locked(publications, ids).await
         }
-        self.append_locked(publications, ids).await
+        .await;
+        self.tail.settled();
+        appended
+    }
+
+    /// Whether the announcement of `seq` is of this replica's append that has not
+    /// returned yet (see `Tail::is_being_committed`). If that append then fails, the
+    /// caller reads the head again: it may have committed.
+    pub fn is_being_committed(&self, seq: i64) -> bool {
+        self.tail.is_being_committed(seq)
     }
 
     /// The one-statement append, if the head is still `head` and no id is in the log.
@@ -90,6 +102,7 @@ impl Store {
         // are looked up in a snapshot that holds every event up to `head`, since this
         // replica saw `head` committed before the statement began.
         let logged = logged_ids("$2");
+        self.tail.committing(next);
         let sql = format!(
             "WITH head AS (
                  UPDATE log_head SET seq = $7
@@ -133,6 +146,7 @@ impl Store {
             .collect();
         let (rows, accepted, next) = numbered(publications, ids, head, known)?;
         if next > head {
+            self.tail.committing(next);
             // The rows, the new head and the announcement (delivered on commit to every
             // replica's listener: the leader's delivery loops wake whichever replica took
             // the publish), in one statement.

@@ -22,9 +22,35 @@ struct Recent {
     /// Consecutive seqs, oldest first.
     events: VecDeque<StoredEvent>,
     bytes: usize,
+    /// The last seq of the append being committed, until the tail holds it (0: none).
+    committing: i64,
 }
 
 impl Tail {
+    /// An append of seqs up to `through` is about to commit.
+    pub fn committing(&self, through: i64) {
+        if let Ok(mut recent) = self.inner.lock() {
+            recent.committing = through;
+        }
+    }
+
+    /// The append is over: committed (and `extend`ed) or not.
+    pub fn settled(&self) {
+        if let Ok(mut recent) = self.inner.lock() {
+            recent.committing = 0;
+        }
+    }
+
+    /// Whether the announcement of `seq` is this replica's own append, heard before the
+    /// append returned and the tail held it. A loop it woke would find the event neither
+    /// here nor yet in the head's past, and read it back from PostgreSQL; the append
+    /// moves the head itself once the tail holds it.
+    pub fn is_being_committed(&self, seq: i64) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|recent| seq <= recent.committing)
+    }
+
     /// Adds events just committed, in seq order. Events that do not follow the newest one
     /// kept (another replica appended in between) start the tail afresh.
     pub fn extend(&self, committed: Vec<StoredEvent>) {
@@ -106,6 +132,21 @@ mod tests {
         // Found by schemathesis: `?after=9223372036854775807` overflowed.
         assert_eq!(seqs(tail.after(i64::MAX, 1, 1000)), None);
         assert_eq!(seqs(tail.after(i64::MIN, 1, 1000)), None);
+    }
+
+    #[test]
+    fn only_an_append_in_flight_claims_its_announcements() {
+        let tail = Tail::default();
+        assert!(!tail.is_being_committed(1));
+        tail.committing(3);
+        // Its own seqs, and older ones it will move the head past.
+        assert!(tail.is_being_committed(3));
+        assert!(tail.is_being_committed(2));
+        // Another replica's, after it.
+        assert!(!tail.is_being_committed(4));
+        tail.extend((1..=3).map(|s| event(s, 10)).collect());
+        tail.settled();
+        assert!(!tail.is_being_committed(3));
     }
 
     #[test]

@@ -116,10 +116,8 @@ async fn commit_group(
         publications.extend(job.publications);
     }
     BUS.group_commit.observe(total as f64);
-    let known_head = *head.borrow();
-    match store.append(&publications, known_head).await {
+    match append(store, head, &publications).await {
         Ok(accepted) => {
-            announce(head, &accepted);
             let mut rest = accepted.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
                 let _ = reply.send(Ok(rest.by_ref().take(size).collect()));
@@ -134,11 +132,7 @@ async fn commit_group(
             let mut rest = publications.into_iter();
             for (size, reply) in sizes.into_iter().zip(replies) {
                 let own: Vec<Publication> = rest.by_ref().take(size).collect();
-                let known_head = *head.borrow();
-                let result = store.append(&own, known_head).await;
-                if let Ok(accepted) = &result {
-                    announce(head, accepted);
-                }
+                let result = append(store, head, &own).await;
                 let _ = reply.send(result.map_err(|e| {
                     tracing::error!(error = %e, events = size, "appending to the log failed");
                     AppendError::Database(Arc::new(e))
@@ -155,13 +149,31 @@ async fn commit_group(
     }
 }
 
-/// Moves the head past what was appended, and counts it.
-fn announce(head: &watch::Sender<i64>, accepted: &[Accepted]) {
-    let appended = accepted.iter().filter(|a| !a.duplicate).count();
-    BUS.appended.inc_by(appended as u64);
-    if let Some(last) = accepted.iter().map(|a| a.seq).max() {
-        advance_head(head, last);
+/// Appends, then moves the head past what was appended (and counts it). A failed append
+/// may still have committed, and this replica's listener ignored its announcement (see
+/// `Store::is_being_committed`): the head is read again.
+async fn append(
+    store: &Store,
+    head: &watch::Sender<i64>,
+    publications: &[Publication],
+) -> Result<Vec<Accepted>, sqlx::Error> {
+    let known_head = *head.borrow();
+    let result = store.append(publications, known_head).await;
+    match &result {
+        Ok(accepted) => {
+            let appended = accepted.iter().filter(|a| !a.duplicate).count();
+            BUS.appended.inc_by(appended as u64);
+            if let Some(last) = accepted.iter().map(|a| a.seq).max() {
+                advance_head(head, last);
+            }
+        }
+        Err(_) => {
+            if let Ok(seq) = store.head().await {
+                advance_head(head, seq);
+            }
+        }
     }
+    result
 }
 
 /// Moves `head` forward to `seq`, never back (announcements may arrive out of order with

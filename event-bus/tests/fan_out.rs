@@ -66,6 +66,39 @@ async fn three_subscribers_each_receive_a_thousand_events_once_in_seq_order() {
     bus.stop().await;
 }
 
+/// A visibility trial's hop: one publish, delivered before the next. The commit that
+/// wakes the delivery loop is also announced to this replica's own listener, which may
+/// hear it before the append returns; the loop must still find the event where the
+/// append put it, in memory, and not read it back from PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_just_appended_are_delivered_without_reading_them_back() {
+    let db = test_db().await;
+    let subscriber = RecordingSubscriber::start();
+    let bus = start_bus(
+        &db,
+        BusOptions {
+            subscribers: vec![("sub", subscriber.url())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = bus.client();
+    for n in 0..300 {
+        client.publish(&[numbered(n)]).await.expect("publish");
+        eventually(WAIT, "the event delivered", || async {
+            subscriber.count() > n
+        })
+        .await;
+    }
+    assert_in_order_once(&subscriber.seqs(), 300, "subscriber");
+    bus.stop().await;
+    let pages_read = testkit::index_scans(&db, "events_pkey").await;
+    assert_eq!(
+        pages_read, 0,
+        "the loop read {pages_read} pages back from PostgreSQL"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sick_subscribers_get_every_event_in_order_after_recovery_while_healthy_ones_finish() {
     let db = test_db().await;

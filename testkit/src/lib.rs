@@ -244,6 +244,29 @@ pub struct TableScans {
 /// statement was first planned (a plan a connection kept from an empty table reads it
 /// whole).
 pub async fn table_scans(db: &TestDatabase, table: &str) -> TableScans {
+    sqlx::query_as(
+        "SELECT seq_tup_read AS sequential_rows, COALESCE(idx_scan, 0) AS indexed
+         FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(&mut alone_on(db).await)
+    .await
+    .unwrap_or_else(|error| panic!("read the scans of {table}: {error}"))
+}
+
+/// How many scans every session of `db` but this one started on `index`; stop every app
+/// using `db` first. Closes `db.pool`.
+pub async fn index_scans(db: &TestDatabase, index: &str) -> i64 {
+    sqlx::query_scalar("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1")
+        .bind(index)
+        .fetch_one(&mut alone_on(db).await)
+        .await
+        .unwrap_or_else(|error| panic!("read the scans of {index}: {error}"))
+}
+
+/// A connection to `db` once every other session has ended (a backend reports what it
+/// read when it exits).
+async fn alone_on(db: &TestDatabase) -> PgConnection {
     db.pool.close().await;
     let mut conn = PgConnection::connect(&db.url)
         .await
@@ -263,14 +286,7 @@ pub async fn table_scans(db: &TestDatabase, table: &str) -> TableScans {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    sqlx::query_as(
-        "SELECT seq_tup_read AS sequential_rows, COALESCE(idx_scan, 0) AS indexed
-         FROM pg_stat_user_tables WHERE relname = $1",
-    )
-    .bind(table)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap_or_else(|error| panic!("read the scans of {table}: {error}"))
+    conn
 }
 
 /// What the outbox holds, oldest first: each row's publication as JSON.
