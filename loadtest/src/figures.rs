@@ -40,8 +40,13 @@ pub async fn run() -> Result<(), Error> {
     floors(&blog).await?;
     visibility(&blog).await?;
     write(&blog).await?;
-    drain(&blog).await?;
-    println!("RSS after load MiB: {}", blog.memory());
+    let (posts, bytes) = drain(&blog).await?;
+    // What query holds grows with its view: the figure travels with the view's size.
+    println!(
+        "RSS after load MiB: {} (query's view then: {posts} posts, {:.1} MB as sent)",
+        blog.memory(),
+        bytes as f64 / 1e6
+    );
     blog.world.finish().await;
 
     read_view().await?;
@@ -294,7 +299,8 @@ fn wrk(url: &str) -> Result<Option<String>, Error> {
 
 /// `DRAIN_POSTS` creates over `CONNECTIONS` connections, then the view polled every
 /// `DRAIN_POLL` until every one is in it; and the CPU all services and PostgreSQL spent.
-async fn drain(blog: &Microblog) -> Result<(), Error> {
+/// Returns the size of the view once drained: its posts and bytes.
+async fn drain(blog: &Microblog) -> Result<(usize, usize), Error> {
     let cpu_before = cpu_of_everything(&blog.world);
     let started = Instant::now();
     let (client, posts) = (blog.api.clone(), blog.urls["posts"].clone());
@@ -307,11 +313,13 @@ async fn drain(blog: &Microblog) -> Result<(), Error> {
     let mut waiting: HashSet<String> = created.results.into_iter().collect();
     let view = format!("{}/posts", blog.urls["query"]);
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut size = (0, 0);
     while !waiting.is_empty() {
         tokio::time::sleep(DRAIN_POLL).await;
         let body = blog.api.http().get(&view).send().await?.bytes().await?;
         let shown: Value = serde_json::from_slice(&body)?;
         waiting.retain(|id| shown.get(id).is_none());
+        size = (shown.as_object().map_or(0, |posts| posts.len()), body.len());
         if Instant::now() > deadline {
             return Err(format!("{} posts never showed in the view", waiting.len()).into());
         }
@@ -324,7 +332,7 @@ async fn drain(blog: &Microblog) -> Result<(), Error> {
         drained_in.as_secs_f64(),
         cpu * 1000.0 / DRAIN_POSTS as f64
     );
-    Ok(())
+    Ok(size)
 }
 
 fn cpu_of_everything(world: &World) -> f64 {
