@@ -74,14 +74,7 @@ async fn three_subscribers_each_receive_a_thousand_events_once_in_seq_order() {
 async fn events_just_appended_are_delivered_without_reading_them_back() {
     let db = test_db().await;
     let subscriber = RecordingSubscriber::start();
-    let bus = start_bus(
-        &db,
-        BusOptions {
-            subscribers: vec![("sub", subscriber.url())],
-            ..Default::default()
-        },
-    )
-    .await;
+    let bus = start_bus_for(&db, &subscriber).await;
     let client = bus.client();
     for n in 0..300 {
         client.publish(&[numbered(n)]).await.expect("publish");

@@ -437,14 +437,7 @@ async fn publishes_the_database_refuses_fail_alone_and_the_valid_ones_racing_the
 async fn publishing_onto_a_grown_log_never_reads_the_whole_log() {
     let db = test_db().await;
     let mut subscriber = RecordingSubscriber::start();
-    let bus = start_bus(
-        &db,
-        BusOptions {
-            subscribers: vec![("sub", subscriber.url())],
-            ..BusOptions::default()
-        },
-    )
-    .await;
+    let bus = start_bus_for(&db, &subscriber).await;
     let client = bus.client();
     let batch = |first: usize, len: usize| (first..first + len).map(numbered).collect::<Vec<_>>();
     // Planned, and the plan kept, while the log is nearly empty.

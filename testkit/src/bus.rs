@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{init_test_logging, RunningApp, TestDatabase};
+use crate::{init_test_logging, RecordingSubscriber, RunningApp, TestDatabase};
 use contract::Accepted;
 use contract::Publication;
 use serde_json::json;
@@ -50,6 +50,18 @@ impl Default for BusOptions<'_> {
             port: 0,
         }
     }
+}
+
+/// A bus on `db` delivering to `subscriber` alone (named `sub`), otherwise as by default.
+pub async fn start_bus_for(db: &TestDatabase, subscriber: &RecordingSubscriber) -> RunningBus {
+    start_bus(
+        db,
+        BusOptions {
+            subscribers: vec![("sub", subscriber.url())],
+            ..BusOptions::default()
+        },
+    )
+    .await
 }
 
 pub async fn start_bus(db: &TestDatabase, options: BusOptions<'_>) -> RunningBus {
