@@ -22,7 +22,7 @@ struct Recent {
     /// Consecutive seqs, oldest first.
     events: VecDeque<StoredEvent>,
     bytes: usize,
-    /// The last seq of the append being committed, until the tail holds it (0: none).
+    /// The last seq of the append being committed, until that append returns (0: none).
     committing: i64,
 }
 
