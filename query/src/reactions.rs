@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use contract::{CommentUpdated, Envelope, Event, StreamChange, RESYNC};
-use service_kit::consumer::Reactions;
+use service_kit::consumer::{CursorStep, Reactions};
 use service_kit::notify::{self, MAX_PAYLOAD};
 use sqlx::PgConnection;
 
@@ -29,17 +29,17 @@ impl ViewReactions {
     }
 }
 
-impl Reactions for ViewReactions {
-    fn wants(&self) -> Option<&'static [&'static str]> {
-        Some(&["PostCreated", "CommentCreated", "CommentUpdated"])
-    }
-
-    async fn apply(
+impl ViewReactions {
+    /// Applies one event, with the cursor's step or inside the cursor's transaction, and
+    /// announces it; None if the step was not taken (nothing changed), else whether the
+    /// view changed.
+    async fn react(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
         event: Event,
-    ) -> Result<(), sqlx::Error> {
+        step: Option<CursorStep>,
+    ) -> Result<Option<bool>, sqlx::Error> {
         let seq = envelope.seq;
         let change = match event {
             Event::PostCreated(post) => StreamChange::PostCreated {
@@ -48,7 +48,7 @@ impl Reactions for ViewReactions {
             },
             Event::CommentCreated(comment) => StreamChange::CommentCreated { seq, comment },
             Event::CommentUpdated(comment) => StreamChange::CommentUpdated { seq, comment },
-            Event::CommentModerated(_) => return Ok(()),
+            Event::CommentModerated(_) => return Ok(None),
         };
         let text = change.to_json();
         // Too big to notify: the streams are told to reload, which is always correct.
@@ -63,24 +63,56 @@ impl Reactions for ViewReactions {
         });
         let applied = match &change {
             StreamChange::PostCreated { post, .. } => {
-                store::add_post(conn, &post.post, announcement).await?
+                store::add_post(conn, &post.post, announcement, step).await?
             }
             StreamChange::CommentCreated { comment, .. } => {
-                store::add_comment(conn, comment, announcement).await?
+                store::add_comment(conn, comment, announcement, step).await?
             }
             StreamChange::CommentUpdated { comment, .. } => {
-                let applied = store::update_comment(conn, comment, announcement).await?;
-                if !applied {
+                let applied = store::update_comment(conn, comment, announcement, step).await?;
+                if applied == Some(false) {
                     tracing::debug!(comment_id = %comment.id, version = comment.version, "stale update ignored");
                 }
                 applied
             }
-            StreamChange::Resync => false,
+            StreamChange::Resync => None,
         };
-        if let Some((seq, post)) = change.subject().filter(|_| applied) {
+        if let Some((seq, post)) = change.subject().filter(|_| applied == Some(true)) {
             self.cache.applying(seq, post);
         }
-        Ok(())
+        Ok(applied)
+    }
+}
+
+impl Reactions for ViewReactions {
+    fn wants(&self) -> Option<&'static [&'static str]> {
+        Some(&["PostCreated", "CommentCreated", "CommentUpdated"])
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), sqlx::Error> {
+        self.react(conn, envelope, event, None).await.map(|_| ())
+    }
+
+    fn steps_cursor(&self) -> bool {
+        true
+    }
+
+    async fn apply_stepping(
+        &self,
+        conn: &mut PgConnection,
+        step: CursorStep,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<bool, sqlx::Error> {
+        Ok(self
+            .react(conn, envelope, event, Some(step))
+            .await?
+            .is_some())
     }
 
     /// Posts, then comments, then each comment's winning update, three statements in all;

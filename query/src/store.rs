@@ -1,8 +1,11 @@
 //! All of the query service's SQL, and the view's JSON in the course's shape.
 
+use std::sync::LazyLock;
+
 use contract::{CommentCreated, CommentUpdated, PostCreated, LATEST_COMMENTS};
+use service_kit::consumer::CursorStep;
 use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, Connection, PgConnection, PgPool};
+use sqlx::{Arguments, Connection, PgConnection, PgPool, Row};
 
 /// A change's announcement (`pg_notify`), sent by the very statement that makes the
 /// change, and only if it does: the transaction saves the round trip of its own.
@@ -12,38 +15,69 @@ pub struct Announcement<'a> {
     pub payload: &'a str,
 }
 
-/// Binds an announcement to a statement whose `applied` CTE returns a row per change and
-/// whose last two parameters are the channel and the payload:
-/// `SELECT (SELECT pg_notify($n, $n+1) WHERE $n+1::text IS NOT NULL) FROM applied`.
-fn announced<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    announcement: Option<Announcement<'q>>,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    query
-        .bind(announcement.map(|a| a.channel))
-        .bind(announcement.map(|a| a.payload))
+/// A one-event statement (`add_post`, `add_comment`, `update_comment`): the cursor's
+/// step (`CursorStep::CTES`, `$1`–`$3`), the change's own CTEs, which write `FROM step`
+/// and end in an `applied` CTE returning a row per change, and the answer: whether the
+/// step was taken (always, without one) and whether the change was new — announced on
+/// the channel and payload that are the statement's last two parameters, `$n` and `$m`.
+fn one_event_statement(change: &str, n: u8) -> String {
+    let m = n + 1;
+    format!(
+        "WITH {steps}, {change}
+         SELECT EXISTS (SELECT FROM step) AS stepped, EXISTS (SELECT FROM applied) AS applied,
+                (SELECT pg_notify(${n}, ${m}) FROM applied WHERE ${m}::text IS NOT NULL) AS announced",
+        steps = CursorStep::CTES,
+    )
 }
 
-/// Adds the post unless the view has it; whether it did (and if so, announced it).
+/// Runs a one-event statement: None when `step` was not taken (the cursor was elsewhere,
+/// nothing changed), else whether the change was new (and so announced).
+async fn apply_one_event<'q>(
+    conn: &mut PgConnection,
+    statement: &'q str,
+    step: Option<CursorStep>,
+    bind: impl FnOnce(Query<'q>) -> Query<'q>,
+    announcement: Option<Announcement<'q>>,
+) -> Result<Option<bool>, sqlx::Error> {
+    let query = bind(CursorStep::bind(step, sqlx::query(statement)))
+        .bind(announcement.map(|a| a.channel))
+        .bind(announcement.map(|a| a.payload));
+    let row = query.fetch_one(conn).await?;
+    let stepped: bool = row.try_get("stepped")?;
+    stepped.then(|| row.try_get("applied")).transpose()
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
+
+/// Adds the post unless the view has it; whether it did (and if so, announced it). With
+/// a `step`, the statement also moves the cursor, and commits alone (see `apply_one_event`).
 pub async fn add_post(
     conn: &mut PgConnection,
     post: &PostCreated,
     announcement: Option<Announcement<'_>>,
-) -> Result<bool, sqlx::Error> {
-    let query = sqlx::query(
-        "WITH early AS (
-             DELETE FROM early_comment_counts WHERE post_id = $1 RETURNING n
-         ), applied AS (
-             INSERT INTO posts (id, title, comment_count)
-             VALUES ($1, $2, COALESCE((SELECT n FROM early), 0))
-             ON CONFLICT (id) DO NOTHING RETURNING 1
-         )
-         SELECT (SELECT pg_notify($3, $4) WHERE $4::text IS NOT NULL) FROM applied",
-    );
-    let done = announced(query.bind(&post.id).bind(&post.title), announcement)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    step: Option<CursorStep>,
+) -> Result<Option<bool>, sqlx::Error> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        one_event_statement(
+            "early AS (
+                 DELETE FROM early_comment_counts
+                 WHERE post_id = $4 AND EXISTS (SELECT FROM step) RETURNING n
+             ), applied AS (
+                 INSERT INTO posts (id, title, comment_count)
+                 SELECT $4, $5, COALESCE((SELECT n FROM early), 0) FROM step
+                 ON CONFLICT (id) DO NOTHING RETURNING 1
+             )",
+            6,
+        )
+    });
+    apply_one_event(
+        conn,
+        &STATEMENT,
+        step,
+        |q| q.bind(&post.id).bind(&post.title),
+        announcement,
+    )
+    .await
 }
 
 /// Adds the comment unless the view has it; whether it did (and if so, announced it).
@@ -51,20 +85,31 @@ pub async fn add_comment(
     conn: &mut PgConnection,
     comment: &CommentCreated,
     announcement: Option<Announcement<'_>>,
-) -> Result<bool, sqlx::Error> {
-    let query = sqlx::query(
-        "WITH applied AS (
-             INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, 0)
-             ON CONFLICT (id) DO NOTHING RETURNING 1
-         )
-         SELECT (SELECT pg_notify($5, $6) WHERE $6::text IS NOT NULL) FROM applied",
+    step: Option<CursorStep>,
+) -> Result<Option<bool>, sqlx::Error> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        one_event_statement(
+            "applied AS (
+                 INSERT INTO comments (id, post_id, content, status, version)
+                 SELECT $4, $5, $6, $7, 0 FROM step
+                 ON CONFLICT (id) DO NOTHING RETURNING 1
+             )",
+            8,
+        )
+    });
+    apply_one_event(
+        conn,
+        &STATEMENT,
+        step,
+        |q| {
+            q.bind(&comment.id)
+                .bind(&comment.post_id)
+                .bind(&comment.content)
+                .bind(comment.status.as_str())
+        },
+        announcement,
     )
-    .bind(&comment.id)
-    .bind(&comment.post_id)
-    .bind(&comment.content)
-    .bind(comment.status.as_str());
-    let done = announced(query, announcement).execute(conn).await?;
-    Ok(done.rows_affected() == 1)
+    .await
 }
 
 /// Applies an update unless the view already has a newer version, or this very state.
@@ -75,25 +120,36 @@ pub async fn update_comment(
     conn: &mut PgConnection,
     comment: &CommentUpdated,
     announcement: Option<Announcement<'_>>,
-) -> Result<bool, sqlx::Error> {
-    let query = sqlx::query(
-        "WITH applied AS (
-             INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status, version = EXCLUDED.version
-             WHERE comments.version < EXCLUDED.version
-                OR (comments.version = EXCLUDED.version
-                    AND (comments.status, comments.content) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.content))
-             RETURNING 1
-         )
-         SELECT (SELECT pg_notify($6, $7) WHERE $7::text IS NOT NULL) FROM applied",
+    step: Option<CursorStep>,
+) -> Result<Option<bool>, sqlx::Error> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        one_event_statement(
+            "applied AS (
+                 INSERT INTO comments (id, post_id, content, status, version)
+                 SELECT $4, $5, $6, $7, $8 FROM step
+                 ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status, version = EXCLUDED.version
+                 WHERE comments.version < EXCLUDED.version
+                    OR (comments.version = EXCLUDED.version
+                        AND (comments.status, comments.content) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.content))
+                 RETURNING 1
+             )",
+            9,
+        )
+    });
+    apply_one_event(
+        conn,
+        &STATEMENT,
+        step,
+        |q| {
+            q.bind(&comment.id)
+                .bind(&comment.post_id)
+                .bind(&comment.content)
+                .bind(comment.status.as_str())
+                .bind(comment.version)
+        },
+        announcement,
     )
-        .bind(&comment.id)
-        .bind(&comment.post_id)
-        .bind(&comment.content)
-        .bind(comment.status.as_str())
-        .bind(comment.version);
-    let done = announced(query, announcement).execute(conn).await?;
-    Ok(done.rows_affected() == 1)
+    .await
 }
 
 /// From this many rows on, a bulk add first tries the rows as all new (see `bulk_insert`).

@@ -17,7 +17,7 @@ use query::reactions::{ViewReactions, VIEW_CHANGES};
 use query::store;
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;
-use service_kit::consumer::{Consumer, PARK_AFTER_ATTEMPTS};
+use service_kit::consumer::{Consumer, CursorStep, PARK_AFTER_ATTEMPTS};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres};
@@ -114,14 +114,16 @@ async fn the_view_has_the_courses_shape_in_creation_order() {
     assert_eq!(view(&db.pool, None, None).await, json!({}));
     // Ids that sort opposite to creation order: the view must follow creation.
     for (id, title) in [("zz", "first"), ("mm", "second"), ("aa", "third")] {
-        assert!(store::add_post(&mut conn, &post(id, title), None)
+        assert!(store::add_post(&mut conn, &post(id, title), None, None)
             .await
+            .unwrap()
             .unwrap());
     }
     for (id, content) in [("c9", "one"), ("c5", "two"), ("c1", "three")] {
         assert!(
-            store::add_comment(&mut conn, &comment(id, "mm", content), None)
+            store::add_comment(&mut conn, &comment(id, "mm", content), None, None)
                 .await
+                .unwrap()
                 .unwrap()
         );
     }
@@ -129,8 +131,10 @@ async fn the_view_has_the_courses_shape_in_creation_order() {
         &mut conn,
         &update("c5", "mm", CommentStatus::Approved, 1),
         None,
+        None,
     )
     .await
+    .unwrap()
     .unwrap();
 
     let whole = view(&db.pool, None, None).await;
@@ -156,24 +160,104 @@ async fn the_view_has_the_courses_shape_in_creation_order() {
     assert_eq!(ids, ["c9", "c5", "c1"], "comments not in creation order");
 }
 
+async fn cursor_of(pool: &PgPool) -> (i64, Option<Uuid>) {
+    sqlx::query_as("SELECT seq, event_id FROM consumer_cursor")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Each one-event statement with the cursor's step: it changes the view and moves the
+/// cursor only if the cursor is where the step starts, and otherwise changes nothing.
+#[tokio::test]
+async fn a_change_with_the_cursors_step_is_made_only_from_the_cursor_it_expects() {
+    let db = query_db().await;
+    let mut conn = conn(&db).await;
+    let step = |from: i64| CursorStep {
+        from,
+        to: from + 1,
+        to_id: Uuid::from_u128(from as u128 + 1),
+    };
+    // The cursor is at 0: a step from 1 is refused, nothing is added.
+    assert_eq!(
+        store::add_post(&mut conn, &post("p1", "t"), None, Some(step(1)))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(count_rows(&db.pool, "posts").await, 0);
+    assert_eq!(
+        store::add_post(&mut conn, &post("p1", "t"), None, Some(step(0)))
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(cursor_of(&db.pool).await, (1, Some(Uuid::from_u128(1))));
+    // A step taken for a change the view already has: the cursor moves, nothing else.
+    assert_eq!(
+        store::add_post(&mut conn, &post("p1", "again"), None, Some(step(1)))
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store::add_comment(&mut conn, &comment("c1", "p1", "hi"), None, Some(step(1)))
+            .await
+            .unwrap(),
+        None,
+        "a step from a cursor already passed"
+    );
+    assert_eq!(count_rows(&db.pool, "comments").await, 0);
+    assert_eq!(
+        store::add_comment(&mut conn, &comment("c1", "p1", "hi"), None, Some(step(2)))
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    let approved = update("c1", "p1", CommentStatus::Approved, 1);
+    assert_eq!(
+        store::update_comment(&mut conn, &approved, None, Some(step(1)))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "pending");
+    assert_eq!(
+        store::update_comment(&mut conn, &approved, None, Some(step(3)))
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
+    assert_eq!(cursor_of(&db.pool).await, (4, Some(Uuid::from_u128(4))));
+}
+
 #[tokio::test]
 async fn adding_a_post_or_comment_twice_one_at_a_time_or_in_bulk_changes_nothing() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
-    assert!(store::add_post(&mut conn, &post("p1", "original"), None)
-        .await
-        .unwrap());
-    assert!(!store::add_post(&mut conn, &post("p1", "replayed"), None)
-        .await
-        .unwrap());
     assert!(
-        store::add_comment(&mut conn, &comment("c1", "p1", "original"), None)
+        store::add_post(&mut conn, &post("p1", "original"), None, None)
             .await
+            .unwrap()
             .unwrap()
     );
     assert!(
-        !store::add_comment(&mut conn, &comment("c1", "p1", "replayed"), None)
+        !store::add_post(&mut conn, &post("p1", "replayed"), None, None)
             .await
+            .unwrap()
+            .unwrap()
+    );
+    assert!(
+        store::add_comment(&mut conn, &comment("c1", "p1", "original"), None, None)
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    assert!(
+        !store::add_comment(&mut conn, &comment("c1", "p1", "replayed"), None, None)
+            .await
+            .unwrap()
             .unwrap()
     );
     assert_eq!(
@@ -246,11 +330,13 @@ async fn adding_a_post_or_comment_twice_one_at_a_time_or_in_bulk_changes_nothing
 /// Post p1 with the pending comment c1 ("hello") on it; the connection that wrote them.
 async fn post_p1_with_comment_c1(db: &TestDatabase) -> PoolConnection<Postgres> {
     let mut conn = conn(db).await;
-    store::add_post(&mut conn, &post("p1", "t"), None)
+    store::add_post(&mut conn, &post("p1", "t"), None, None)
         .await
+        .unwrap()
         .unwrap();
-    store::add_comment(&mut conn, &comment("c1", "p1", "hello"), None)
+    store::add_comment(&mut conn, &comment("c1", "p1", "hello"), None, None)
         .await
+        .unwrap()
         .unwrap();
     conn
 }
@@ -262,17 +348,21 @@ async fn an_older_version_never_overwrites_a_newer_one() {
     assert!(store::update_comment(
         &mut conn,
         &update("c1", "p1", CommentStatus::Rejected, 2),
+        None,
         None
     )
     .await
+    .unwrap()
     .unwrap());
     assert!(
         !store::update_comment(
             &mut conn,
             &update("c1", "p1", CommentStatus::Approved, 1),
+            None,
             None
         )
         .await
+        .unwrap()
         .unwrap(),
         "version 1 applied over version 2"
     );
@@ -280,9 +370,11 @@ async fn an_older_version_never_overwrites_a_newer_one() {
         !store::update_comment(
             &mut conn,
             &update("c1", "p1", CommentStatus::Rejected, 2),
+            None,
             None
         )
         .await
+        .unwrap()
         .unwrap(),
         "the same version again counts as a change"
     );
@@ -290,9 +382,11 @@ async fn an_older_version_never_overwrites_a_newer_one() {
     assert!(store::update_comment(
         &mut conn,
         &update("c1", "p1", CommentStatus::Approved, 3),
+        None,
         None
     )
     .await
+    .unwrap()
     .unwrap());
     assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
 }
@@ -301,19 +395,23 @@ async fn an_older_version_never_overwrites_a_newer_one() {
 async fn an_update_that_overtakes_its_comment_created_is_kept() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
-    store::add_post(&mut conn, &post("p1", "t"), None)
+    store::add_post(&mut conn, &post("p1", "t"), None, None)
         .await
+        .unwrap()
         .unwrap();
     assert!(store::update_comment(
         &mut conn,
         &update("c1", "p1", CommentStatus::Approved, 1),
+        None,
         None
     )
     .await
+    .unwrap()
     .unwrap());
     assert!(
-        !store::add_comment(&mut conn, &comment("c1", "p1", "hello"), None)
+        !store::add_comment(&mut conn, &comment("c1", "p1", "hello"), None, None)
             .await
+            .unwrap()
             .unwrap(),
         "the late CommentCreated replaced a newer state"
     );
@@ -330,13 +428,15 @@ async fn a_course_comment_updated_without_a_version_still_updates_a_pending_comm
     )
     .unwrap();
     assert_eq!(course.version, 0);
-    assert!(store::update_comment(&mut conn, &course, None)
+    assert!(store::update_comment(&mut conn, &course, None, None)
         .await
+        .unwrap()
         .unwrap());
     assert_eq!(status_of(&db.pool, "p1", "c1").await, "approved");
     // Replayed, it is no change at all.
-    assert!(!store::update_comment(&mut conn, &course, None)
+    assert!(!store::update_comment(&mut conn, &course, None, None)
         .await
+        .unwrap()
         .unwrap());
 }
 
@@ -345,8 +445,9 @@ async fn a_comment_that_arrives_before_its_post_shows_under_it_once_the_post_arr
     let db = query_db().await;
     let mut conn = conn(&db).await;
     assert!(
-        store::add_comment(&mut conn, &comment("c1", "p1", "early"), None)
+        store::add_comment(&mut conn, &comment("c1", "p1", "early"), None, None)
             .await
+            .unwrap()
             .unwrap()
     );
     assert_eq!(
@@ -355,8 +456,9 @@ async fn a_comment_that_arrives_before_its_post_shows_under_it_once_the_post_arr
         "a comment without its post is not a post"
     );
     assert!(store::post(&db.pool, "p1").await.unwrap().is_none());
-    store::add_post(&mut conn, &post("p1", "late"), None)
+    store::add_post(&mut conn, &post("p1", "late"), None, None)
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(
         view(&db.pool, None, None).await,
@@ -366,8 +468,9 @@ async fn a_comment_that_arrives_before_its_post_shows_under_it_once_the_post_arr
         "a post counts the comments that arrived before it"
     );
     // Once counted, they are not counted again: a second comment adds one.
-    store::add_comment(&mut conn, &comment("c2", "p1", "later"), None)
+    store::add_comment(&mut conn, &comment("c2", "p1", "later"), None, None)
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(view(&db.pool, None, None).await["p1"]["commentCount"], 2);
     // A page of posts big enough to be inserted as all new: the one with early comments
@@ -398,15 +501,18 @@ async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whi
     let mut conn = conn(&db).await;
     let limit = usize::try_from(contract::LATEST_COMMENTS).unwrap();
     // Before its post: one by CommentCreated, one by a CommentUpdated that overtook it.
-    store::add_comment(&mut conn, &comment("early", "busy", "x"), None)
+    store::add_comment(&mut conn, &comment("early", "busy", "x"), None, None)
         .await
+        .unwrap()
         .unwrap();
     store::update_comment(
         &mut conn,
         &update("overtaken", "busy", CommentStatus::Approved, 1),
         None,
+        None,
     )
     .await
+    .unwrap()
     .unwrap();
     store::add_posts(&mut conn, &[post("busy", "t"), post("quiet", "q")])
         .await
@@ -417,8 +523,9 @@ async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whi
     store::add_comments(&mut conn, &many).await.unwrap();
     // Repeats, and updates of comments already there, count nothing.
     store::add_comments(&mut conn, &many[..10]).await.unwrap();
-    store::add_comment(&mut conn, &comment("early", "busy", "x"), None)
+    store::add_comment(&mut conn, &comment("early", "busy", "x"), None, None)
         .await
+        .unwrap()
         .unwrap();
     store::update_comments(
         &mut conn,
@@ -432,8 +539,9 @@ async fn a_busy_post_shows_its_latest_comments_and_counts_every_comment_once_whi
     )
     .await
     .unwrap();
-    store::add_comment(&mut conn, &comment("q1", "quiet", "z"), None)
+    store::add_comment(&mut conn, &comment("q1", "quiet", "z"), None, None)
         .await
+        .unwrap()
         .unwrap();
 
     let whole = view(&db.pool, None, None).await;
@@ -467,8 +575,10 @@ async fn five_posts(db: &TestDatabase) {
             &mut conn,
             &post(&format!("p{n}"), &format!("post {n}")),
             None,
+            None,
         )
         .await
+        .unwrap()
         .unwrap();
     }
 }
@@ -521,14 +631,17 @@ async fn before_pages_backwards_through_every_post_exactly_once() {
 async fn one_post_is_served_in_the_courses_shape_and_an_unknown_one_is_none() {
     let db = query_db().await;
     let mut conn = conn(&db).await;
-    store::add_post(&mut conn, &post("p1", "t"), None)
+    store::add_post(&mut conn, &post("p1", "t"), None, None)
         .await
+        .unwrap()
         .unwrap();
-    store::add_post(&mut conn, &post("p2", "other"), None)
+    store::add_post(&mut conn, &post("p2", "other"), None, None)
         .await
+        .unwrap()
         .unwrap();
-    store::add_comment(&mut conn, &comment("c1", "p1", "hi"), None)
+    store::add_comment(&mut conn, &comment("c1", "p1", "hi"), None, None)
         .await
+        .unwrap()
         .unwrap();
     let one: Value =
         serde_json::from_str(&store::post(&db.pool, "p1").await.unwrap().unwrap()).unwrap();

@@ -59,6 +59,70 @@ pub trait Reactions: Send + Sync + 'static {
             Ok(())
         }
     }
+
+    /// Whether `apply_stepping` is written: a service whose reaction to each event is one
+    /// statement can take the cursor's step in that statement too.
+    fn steps_cursor(&self) -> bool {
+        false
+    }
+
+    /// Applies the one event of a delivery that follows the cursor and moves the cursor
+    /// by `step`, in a single statement committed by itself (`CursorStep::CTES`): one
+    /// round trip where the cursor's transaction takes four. When the cursor was not at
+    /// `step.from` (another replica moved it, a hole), the statement changes nothing and
+    /// this returns false: the delivery then takes the transaction's way.
+    fn apply_stepping(
+        &self,
+        conn: &mut PgConnection,
+        step: CursorStep,
+        envelope: &Envelope,
+        event: Event,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+        let _ = (conn, step, envelope, event);
+        async { Ok(false) }
+    }
+}
+
+/// The cursor's step over a delivery of one event (`Reactions::apply_stepping`): from
+/// `from`, where it must be, to `to`, the event `to_id` (the event itself, or the end of
+/// the range its delivery covers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorStep {
+    pub from: i64,
+    pub to: i64,
+    pub to_id: uuid::Uuid,
+}
+
+impl CursorStep {
+    /// The first common table expressions of a statement that applies an event with or
+    /// without the cursor's step, binding `$1`–`$3` (`CursorStep::bind`); the statement's
+    /// own parameters start at `$4`. `step` has one row, of no columns, when the change
+    /// is to be made: always without a step (inside the cursor's transaction), and with
+    /// one only if the cursor was at `from` and has moved. Its writes go `FROM step`; it
+    /// returns `EXISTS (SELECT FROM step) AS stepped`. Like the transaction's, the commit
+    /// does not wait for the WAL flush (see `Consumer::apply_in`).
+    pub const CTES: &'static str = "step_from AS (
+             SELECT seq, diverged, set_config('synchronous_commit', 'off', true)
+             FROM consumer_cursor WHERE $3::bigint IS NOT NULL FOR UPDATE
+         ), stepped AS (
+             UPDATE consumer_cursor SET seq = $1, event_id = $2, updated_at = now()
+             FROM step_from WHERE step_from.diverged IS NULL AND step_from.seq = $3
+             RETURNING 1
+         ), step AS (
+             SELECT WHERE $3::bigint IS NULL OR EXISTS (SELECT FROM stepped)
+         )";
+
+    /// Binds `step` (none: the change is made in the cursor's transaction) to a statement
+    /// that starts with `CTES`.
+    pub fn bind<'q>(
+        step: Option<Self>,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(step.map(|s| s.to))
+            .bind(step.map(|s| s.to_id))
+            .bind(step.map(|s| s.from))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -420,6 +484,9 @@ impl<H: Reactions> Consumer<H> {
         covers: Option<Covers>,
         together: bool,
     ) -> Result<DeliveryOutcome, ConsumerError> {
+        if let Some(outcome) = self.apply_stepping(batch, covers).await? {
+            return Ok(outcome);
+        }
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         let (applied, appended) =
@@ -445,6 +512,68 @@ impl<H: Reactions> Consumer<H> {
                 Err(error)
             }
         }
+    }
+
+    /// A delivery of the one event after the cursor, to reactions that take the cursor's
+    /// step themselves: applied and committed by one statement. None when it is not such a
+    /// delivery, or the cursor was elsewhere: nothing changed, the transaction decides.
+    async fn apply_stepping(
+        &self,
+        batch: &[Envelope],
+        covers: Option<Covers>,
+    ) -> Result<Option<DeliveryOutcome>, ConsumerError> {
+        let ([envelope], true) = (batch, self.handler.steps_cursor()) else {
+            return Ok(None);
+        };
+        let from = covers.map_or(envelope.seq, |c| c.from);
+        let Some((to, to_id)) = planned_cursor(batch, covers).filter(|_| from <= envelope.seq)
+        else {
+            return Ok(None);
+        };
+        let Some(event) = handled(envelope, self.handler.wants()) else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let step = CursorStep {
+            from: from - 1,
+            to,
+            to_id,
+        };
+        let span = event_span(envelope, &event);
+        let mut conn = self.pool.acquire().await?;
+        let (stepped, appended) = outbox::collecting(tracing::Instrument::instrument(
+            self.handler
+                .apply_stepping(&mut conn, step, envelope, event),
+            span.clone(),
+        ))
+        .await;
+        let stepped = stepped.map_err(|source| ConsumerError::Apply {
+            envelope: Box::new(envelope.clone()),
+            source,
+        })?;
+        if !stepped {
+            return Ok(None);
+        }
+        if let Some(relay) = &self.relay {
+            for row in appended {
+                relay.hand(row);
+            }
+        }
+        let mut tally = Tally::default();
+        tally.taken(envelope, self.handler.wants());
+        tally.count();
+        let elapsed = started.elapsed();
+        metrics::CONSUMER
+            .apply_duration
+            .observe(elapsed.as_secs_f64());
+        span.in_scope(|| {
+            tracing::info!(latency_ms = elapsed.as_secs_f64() * 1000.0, "event applied");
+        });
+        Ok(Some(DeliveryOutcome {
+            applied: 1,
+            skipped: 0,
+            cursor: to,
+        }))
     }
 
     async fn apply_in(
@@ -650,33 +779,10 @@ impl<H: Reactions> Consumer<H> {
         envelope: &Envelope,
     ) -> Result<(), ConsumerError> {
         let started = Instant::now();
-        // A child of the span that published the event.
-        let cause = envelope
-            .traceparent
-            .as_deref()
-            .and_then(contract::TraceParent::parse);
-        let applying = cause.as_ref().map(contract::TraceParent::child);
-        let span = tracing::info_span!(
-            "event",
-            event_id = %envelope.id,
-            seq = envelope.seq,
-            r#type = %envelope.kind,
-            trace_id = applying.as_ref().map_or("", |t| t.trace_id.as_str()),
-            span_id = applying.as_ref().map(|t| t.parent_id.as_str()),
-            parent_span_id = cause.as_ref().map(|t| t.parent_id.as_str()),
-            post_id = tracing::field::Empty,
-            comment_id = tracing::field::Empty,
-        );
-        let _entered = span.enter();
         let Some(event) = handled(envelope, self.handler.wants()) else {
             return Ok(());
         };
-        let (post_id, comment_id) = event.subject();
-        span.record("post_id", post_id);
-        if let Some(comment_id) = comment_id {
-            span.record("comment_id", comment_id);
-        }
-        drop(_entered);
+        let span = event_span(envelope, &event);
         tracing::Instrument::instrument(self.handler.apply(conn, envelope, event), span.clone())
             .await
             .map_err(|source| ConsumerError::Apply {
@@ -789,6 +895,27 @@ impl Drop for PageReader {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An event's span while it is applied: a child of the span that published it.
+fn event_span(envelope: &Envelope, event: &Event) -> tracing::Span {
+    let cause = envelope
+        .traceparent
+        .as_deref()
+        .and_then(contract::TraceParent::parse);
+    let applying = cause.as_ref().map(contract::TraceParent::child);
+    let (post_id, comment_id) = event.subject();
+    tracing::info_span!(
+        "event",
+        event_id = %envelope.id,
+        seq = envelope.seq,
+        r#type = %envelope.kind,
+        trace_id = applying.as_ref().map_or("", |t| t.trace_id.as_str()),
+        span_id = applying.as_ref().map(|t| t.parent_id.as_str()),
+        parent_span_id = cause.as_ref().map(|t| t.parent_id.as_str()),
+        post_id,
+        comment_id,
+    )
 }
 
 /// The event an envelope carries, if it is one of the contract's types this service

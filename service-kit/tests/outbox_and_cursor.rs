@@ -4,11 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use contract::{Envelope, Event, PostCreated, Publication};
-use service_kit::consumer::{Consumer, ConsumerRoutes, Reactions};
+use service_kit::consumer::{Consumer, ConsumerRoutes, CursorStep, Reactions};
 use service_kit::db::Database;
 use service_kit::http::EventsAuth;
 use service_kit::outbox::{self, OutboxRelay};
@@ -30,6 +31,7 @@ async fn service_db() -> TestDatabase {
     db
 }
 
+#[derive(Clone)]
 struct RecordPosts;
 
 impl Reactions for RecordPosts {
@@ -47,6 +49,73 @@ impl Reactions for RecordPosts {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// As `RecordPosts`, but a delivery of the one event after the cursor is recorded by one
+/// statement that also takes the cursor's step; counts the steps taken.
+#[derive(Clone, Default)]
+struct StepPosts {
+    steps: Arc<AtomicUsize>,
+}
+
+impl StepPosts {
+    async fn record(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+        step: Option<CursorStep>,
+    ) -> Result<bool, sqlx::Error> {
+        static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH {}, applied AS (INSERT INTO applied (seq, title) SELECT $4, $5 FROM step)
+                 SELECT EXISTS (SELECT FROM step)",
+                CursorStep::CTES
+            )
+        });
+        let Event::PostCreated(post) = event else {
+            return Ok(false);
+        };
+        let row = CursorStep::bind(step, sqlx::query(&STATEMENT))
+            .bind(envelope.seq)
+            .bind(post.title)
+            .fetch_one(conn)
+            .await?;
+        let stepped: bool = sqlx::Row::try_get(&row, 0)?;
+        if stepped && step.is_some() {
+            self.steps.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(stepped)
+    }
+
+    fn steps(&self) -> usize {
+        self.steps.load(Ordering::Relaxed)
+    }
+}
+
+impl Reactions for StepPosts {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), sqlx::Error> {
+        self.record(conn, envelope, event, None).await.map(|_| ())
+    }
+
+    fn steps_cursor(&self) -> bool {
+        true
+    }
+
+    async fn apply_stepping(
+        &self,
+        conn: &mut PgConnection,
+        step: CursorStep,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<bool, sqlx::Error> {
+        self.record(conn, envelope, event, Some(step)).await
     }
 }
 
@@ -256,6 +325,13 @@ async fn a_redelivered_batch_changes_nothing() {
 /// once, in order, and the cursor ends at the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_given_overlapping_deliveries_at_once_apply_each_event_once_in_order() {
+    two_replicas_apply_overlapping_deliveries_once_in_order(RecordPosts).await;
+    let stepping = StepPosts::default();
+    two_replicas_apply_overlapping_deliveries_once_in_order(stepping.clone()).await;
+    assert!(stepping.steps() > 0, "no one-event delivery took its step");
+}
+
+async fn two_replicas_apply_overlapping_deliveries_once_in_order<H: Reactions + Clone>(handler: H) {
     let bus_db = test_db().await;
     let bus = start_bus(&bus_db, BusOptions::default()).await;
     let consumer_db = service_db().await;
@@ -265,8 +341,8 @@ async fn two_replicas_given_overlapping_deliveries_at_once_apply_each_event_once
         .unwrap();
     let log = bus.client().events_after(0, 120).await.unwrap();
     let replicas = [
-        Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts),
-        Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts),
+        Consumer::new(consumer_db.pool.clone(), bus.client(), handler.clone()),
+        Consumer::new(consumer_db.pool.clone(), bus.client(), handler),
     ];
     // Windows of 1 to 6 events, each overlapping the one before; some skip ahead (a hole
     // the other replica, or the bus, fills).
@@ -285,6 +361,54 @@ async fn two_replicas_given_overlapping_deliveries_at_once_apply_each_event_once
         (1..=120).collect::<Vec<_>>()
     );
     assert_eq!(replicas[0].cursor().await.unwrap(), 120);
+    bus.stop().await;
+}
+
+/// A delivery of the one event after the cursor is applied by the statement that takes
+/// the cursor's step; one the cursor is not right before — a redelivery, one past a
+/// hole — changes nothing there and is delivered as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_of_the_next_event_alone_is_applied_with_the_cursors_step_in_one_statement() {
+    use service_kit::consumer::Covers;
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    let consumer_db = service_db().await;
+    bus.client()
+        .publish(&(0..60).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let log = bus.client().events_after(0, 60).await.unwrap();
+    let handler = StepPosts::default();
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), handler.clone());
+    for event in &log[..50] {
+        let outcome = consumer.deliver(vec![event.clone()]).await.unwrap();
+        assert_eq!((outcome.applied, outcome.cursor), (1, event.seq));
+    }
+    assert_eq!(handler.steps(), 50);
+    // A redelivery: nothing is applied, the cursor stays.
+    let again = consumer.deliver(vec![log[24].clone()]).await.unwrap();
+    assert_eq!((again.applied, again.skipped, again.cursor), (0, 1, 50));
+    // Past a hole (51): the hole is filled by the transaction's way.
+    let past = consumer.deliver(vec![log[51].clone()]).await.unwrap();
+    assert_eq!((past.applied, past.cursor), (2, 52));
+    assert_eq!(handler.steps(), 50);
+    // One event standing for a range that starts right after the cursor: one step
+    // through the whole range.
+    let covers = Covers {
+        from: 53,
+        through: 56,
+        through_id: log[55].id,
+    };
+    let outcome = consumer
+        .deliver_covering(vec![log[54].clone()], Some(covers))
+        .await
+        .unwrap();
+    assert_eq!((outcome.applied, outcome.cursor), (1, 56));
+    assert_eq!(handler.steps(), 51);
+    let mut expected: Vec<i64> = (1..=52).collect();
+    expected.push(55);
+    assert_eq!(applied_seqs(&consumer_db.pool).await, expected);
+    assert_eq!(consumer.cursor().await.unwrap(), 56);
     bus.stop().await;
 }
 
@@ -638,6 +762,13 @@ async fn a_bus_restarted_on_its_own_log_is_trusted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_delivery_covering_a_range_moves_the_cursor_through_it_and_fills_only_a_hole_before_it() {
+    a_covering_delivery_moves_the_cursor_through_it(RecordPosts).await;
+    // None of its deliveries is one event right after the cursor: each takes the
+    // transaction's way, whatever the reactions offer.
+    a_covering_delivery_moves_the_cursor_through_it(StepPosts::default()).await;
+}
+
+async fn a_covering_delivery_moves_the_cursor_through_it(handler: impl Reactions) {
     use service_kit::consumer::Covers;
     let bus_db = test_db().await;
     let bus = start_bus(&bus_db, BusOptions::default()).await;
@@ -647,7 +778,7 @@ async fn a_delivery_covering_a_range_moves_the_cursor_through_it_and_fills_only_
         .await
         .unwrap();
     let log = bus.client().events_after(0, 30).await.unwrap();
-    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
+    let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), handler);
     // 1..=10 with only 3 and 7 in the body: the others are types it does not take.
     let body = vec![log[2].clone(), log[6].clone()];
     let covers = |from: i64, through: i64| Covers {
