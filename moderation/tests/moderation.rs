@@ -11,7 +11,7 @@ use moderation::store;
 use serde_json::{json, Value};
 use service_kit::bus::BusClient;
 use service_kit::config::Env;
-use service_kit::consumer::Consumer;
+use service_kit::consumer::{Consumer, CursorStep};
 use sqlx::PgPool;
 use testkit::{
     assert_trace_continued, assert_written_in_one_transaction, delivered, hide_outbox,
@@ -123,22 +123,42 @@ async fn a_decision_is_recorded_once_with_its_event_and_never_changed() {
         event_id: uuid::Uuid::now_v7(),
         publication: json!({"type": "CommentModerated", "data": {"n": n}}).to_string(),
     };
+    assert!(store::record_decision(
+        &mut conn,
+        "c1",
+        "p1",
+        CommentStatus::Approved,
+        &event(1),
+        None
+    )
+    .await
+    .unwrap()
+    .unwrap());
     assert!(
-        store::record_decision(&mut conn, "c1", "p1", CommentStatus::Approved, &event(1))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store::record_decision(&mut conn, "c1", "p1", CommentStatus::Rejected, &event(2))
-            .await
-            .unwrap(),
+        !store::record_decision(
+            &mut conn,
+            "c1",
+            "p1",
+            CommentStatus::Rejected,
+            &event(2),
+            None
+        )
+        .await
+        .unwrap()
+        .unwrap(),
         "a second decision was recorded"
     );
-    assert!(
-        store::record_decision(&mut conn, "c2", "p1", CommentStatus::Rejected, &event(3))
-            .await
-            .unwrap()
-    );
+    assert!(store::record_decision(
+        &mut conn,
+        "c2",
+        "p1",
+        CommentStatus::Rejected,
+        &event(3),
+        None
+    )
+    .await
+    .unwrap()
+    .unwrap());
     assert_eq!(
         decisions(&db.pool).await,
         vec![
@@ -152,6 +172,44 @@ async fn a_decision_is_recorded_once_with_its_event_and_never_changed() {
         .map(|publication| publication["data"]["n"].as_i64().unwrap())
         .collect();
     assert_eq!(events, [1, 3], "an event without its decision, or twice");
+}
+
+/// With the cursor's step, a decision and its event are written only from the cursor
+/// the step expects, and move it.
+#[tokio::test]
+async fn a_decision_with_the_cursors_step_is_made_only_from_the_cursor_it_expects() {
+    let db = moderation_db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let event = service_kit::outbox::OutboxRow {
+        event_id: uuid::Uuid::now_v7(),
+        publication: json!({"type": "CommentModerated", "data": {}}).to_string(),
+    };
+    let step = |from: i64| CursorStep {
+        from,
+        to: from + 1,
+        to_id: uuid::Uuid::from_u128(from as u128 + 1),
+    };
+    for (from, decided) in [(3, None), (0, Some(true))] {
+        let made = store::record_decision(
+            &mut conn,
+            "c1",
+            "p1",
+            CommentStatus::Approved,
+            &event,
+            Some(step(from)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(made, decided, "a step from {from}");
+        let rows = usize::from(decided.is_some());
+        assert_eq!(decisions(&db.pool).await.len(), rows);
+        assert_eq!(testkit::outbox_publications(&db.pool).await.len(), rows);
+    }
+    let cursor: i64 = sqlx::query_scalar("SELECT seq FROM consumer_cursor")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(cursor, 1);
 }
 
 #[tokio::test]
