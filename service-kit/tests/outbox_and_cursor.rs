@@ -119,6 +119,17 @@ impl Reactions for StepPosts {
     }
 }
 
+/// A bus (and its database) whose log holds `count` posts, and an empty service database.
+async fn bus_with_posts(count: usize) -> (TestDatabase, RunningBus, TestDatabase) {
+    let bus_db = test_db().await;
+    let bus = start_bus(&bus_db, BusOptions::default()).await;
+    bus.client()
+        .publish(&(0..count).map(post).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    (bus_db, bus, service_db().await)
+}
+
 fn post(n: usize) -> Publication {
     Publication::new(
         &Event::PostCreated(PostCreated {
@@ -291,13 +302,7 @@ async fn rows_left_to_the_table_go_out_before_rows_handed_after_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redelivered_batch_changes_nothing() {
-    let bus_db = test_db().await;
-    let bus = start_bus(&bus_db, BusOptions::default()).await;
-    let consumer_db = service_db().await;
-    bus.client()
-        .publish(&(0..50).map(post).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let (_bus_db, bus, consumer_db) = bus_with_posts(50).await;
     let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), RecordPosts);
     let batch = bus.client().events_after(0, 50).await.unwrap();
     let first = consumer.deliver(batch.clone()).await.unwrap();
@@ -332,13 +337,7 @@ async fn two_replicas_given_overlapping_deliveries_at_once_apply_each_event_once
 }
 
 async fn two_replicas_apply_overlapping_deliveries_once_in_order<H: Reactions + Clone>(handler: H) {
-    let bus_db = test_db().await;
-    let bus = start_bus(&bus_db, BusOptions::default()).await;
-    let consumer_db = service_db().await;
-    bus.client()
-        .publish(&(0..120).map(post).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let (_bus_db, bus, consumer_db) = bus_with_posts(120).await;
     let log = bus.client().events_after(0, 120).await.unwrap();
     let replicas = [
         Consumer::new(consumer_db.pool.clone(), bus.client(), handler.clone()),
@@ -370,13 +369,7 @@ async fn two_replicas_apply_overlapping_deliveries_once_in_order<H: Reactions + 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_delivery_of_the_next_event_alone_is_applied_with_the_cursors_step_in_one_statement() {
     use service_kit::consumer::Covers;
-    let bus_db = test_db().await;
-    let bus = start_bus(&bus_db, BusOptions::default()).await;
-    let consumer_db = service_db().await;
-    bus.client()
-        .publish(&(0..60).map(post).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let (_bus_db, bus, consumer_db) = bus_with_posts(60).await;
     let log = bus.client().events_after(0, 60).await.unwrap();
     let handler = StepPosts::default();
     let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), handler.clone());
@@ -770,13 +763,7 @@ async fn a_delivery_covering_a_range_moves_the_cursor_through_it_and_fills_only_
 
 async fn a_covering_delivery_moves_the_cursor_through_it(handler: impl Reactions) {
     use service_kit::consumer::Covers;
-    let bus_db = test_db().await;
-    let bus = start_bus(&bus_db, BusOptions::default()).await;
-    let consumer_db = service_db().await;
-    bus.client()
-        .publish(&(0..30).map(post).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let (_bus_db, bus, consumer_db) = bus_with_posts(30).await;
     let log = bus.client().events_after(0, 30).await.unwrap();
     let consumer = Consumer::new(consumer_db.pool.clone(), bus.client(), handler);
     // 1..=10 with only 3 and 7 in the body: the others are types it does not take.
