@@ -19,13 +19,12 @@ pub struct Announcement<'a> {
 /// step (`CursorStep::CTES`, `$1`–`$3`), the change's own CTEs, which write `FROM step`
 /// and end in an `applied` CTE returning a row per change, and the answer: whether the
 /// step was taken (always, without one) and whether the change was new — announced on
-/// the channel and payload that are the statement's last two parameters, `$n` and `$m`.
-fn one_event_statement(change: &str, n: u8) -> String {
-    let m = n + 1;
+/// the channel `$4` with the payload `$5`. The change's own parameters start at `$6`.
+fn one_event_statement(change: &str) -> String {
     format!(
         "WITH {steps}, {change}
          SELECT EXISTS (SELECT FROM step) AS stepped, EXISTS (SELECT FROM applied) AS applied,
-                (SELECT pg_notify(${n}, ${m}) FROM applied WHERE ${m}::text IS NOT NULL) AS announced",
+                (SELECT pg_notify($4, $5) FROM applied WHERE $5::text IS NOT NULL) AS announced",
         steps = CursorStep::CTES,
     )
 }
@@ -36,13 +35,13 @@ async fn apply_one_event<'q>(
     conn: &mut PgConnection,
     statement: &'q str,
     step: Option<CursorStep>,
-    bind: impl FnOnce(Query<'q>) -> Query<'q>,
     announcement: Option<Announcement<'q>>,
+    bind: impl FnOnce(Query<'q>) -> Query<'q>,
 ) -> Result<Option<bool>, sqlx::Error> {
-    let query = bind(CursorStep::bind(step, sqlx::query(statement)))
+    let query = CursorStep::bind(step, sqlx::query(statement))
         .bind(announcement.map(|a| a.channel))
         .bind(announcement.map(|a| a.payload));
-    let row = query.fetch_one(conn).await?;
+    let row = bind(query).fetch_one(conn).await?;
     let stepped: bool = row.try_get("stepped")?;
     stepped.then(|| row.try_get("applied")).transpose()
 }
@@ -61,22 +60,17 @@ pub async fn add_post(
         one_event_statement(
             "early AS (
                  DELETE FROM early_comment_counts
-                 WHERE post_id = $4 AND EXISTS (SELECT FROM step) RETURNING n
+                 WHERE post_id = $6 AND EXISTS (SELECT FROM step) RETURNING n
              ), applied AS (
                  INSERT INTO posts (id, title, comment_count)
-                 SELECT $4, $5, COALESCE((SELECT n FROM early), 0) FROM step
+                 SELECT $6, $7, COALESCE((SELECT n FROM early), 0) FROM step
                  ON CONFLICT (id) DO NOTHING RETURNING 1
              )",
-            6,
         )
     });
-    apply_one_event(
-        conn,
-        &STATEMENT,
-        step,
-        |q| q.bind(&post.id).bind(&post.title),
-        announcement,
-    )
+    apply_one_event(conn, &STATEMENT, step, announcement, |q| {
+        q.bind(&post.id).bind(&post.title)
+    })
     .await
 }
 
@@ -91,24 +85,17 @@ pub async fn add_comment(
         one_event_statement(
             "applied AS (
                  INSERT INTO comments (id, post_id, content, status, version)
-                 SELECT $4, $5, $6, $7, 0 FROM step
+                 SELECT $6, $7, $8, $9, 0 FROM step
                  ON CONFLICT (id) DO NOTHING RETURNING 1
              )",
-            8,
         )
     });
-    apply_one_event(
-        conn,
-        &STATEMENT,
-        step,
-        |q| {
-            q.bind(&comment.id)
-                .bind(&comment.post_id)
-                .bind(&comment.content)
-                .bind(comment.status.as_str())
-        },
-        announcement,
-    )
+    apply_one_event(conn, &STATEMENT, step, announcement, |q| {
+        q.bind(&comment.id)
+            .bind(&comment.post_id)
+            .bind(&comment.content)
+            .bind(comment.status.as_str())
+    })
     .await
 }
 
@@ -126,29 +113,22 @@ pub async fn update_comment(
         one_event_statement(
             "applied AS (
                  INSERT INTO comments (id, post_id, content, status, version)
-                 SELECT $4, $5, $6, $7, $8 FROM step
+                 SELECT $6, $7, $8, $9, $10 FROM step
                  ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status, version = EXCLUDED.version
                  WHERE comments.version < EXCLUDED.version
                     OR (comments.version = EXCLUDED.version
                         AND (comments.status, comments.content) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.content))
                  RETURNING 1
-             )",
-            9,
+             )"
         )
     });
-    apply_one_event(
-        conn,
-        &STATEMENT,
-        step,
-        |q| {
-            q.bind(&comment.id)
-                .bind(&comment.post_id)
-                .bind(&comment.content)
-                .bind(comment.status.as_str())
-                .bind(comment.version)
-        },
-        announcement,
-    )
+    apply_one_event(conn, &STATEMENT, step, announcement, |q| {
+        q.bind(&comment.id)
+            .bind(&comment.post_id)
+            .bind(&comment.content)
+            .bind(comment.status.as_str())
+            .bind(comment.version)
+    })
     .await
 }
 

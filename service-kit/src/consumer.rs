@@ -494,15 +494,7 @@ impl<H: Reactions> Consumer<H> {
         match applied {
             Ok((outcome, tally)) => {
                 tx.commit().await?;
-                if let Some(relay) = &self.relay {
-                    for row in appended {
-                        relay.hand(row);
-                    }
-                }
-                tally.count();
-                metrics::CONSUMER
-                    .apply_duration
-                    .observe(started.elapsed().as_secs_f64());
+                self.delivered(appended, tally, started);
                 Ok(outcome)
             }
             Err(error) => {
@@ -554,26 +546,34 @@ impl<H: Reactions> Consumer<H> {
         if !stepped {
             return Ok(None);
         }
-        if let Some(relay) = &self.relay {
-            for row in appended {
-                relay.hand(row);
-            }
-        }
         let mut tally = Tally::default();
         tally.taken(envelope, self.handler.wants());
-        tally.count();
-        let elapsed = started.elapsed();
-        metrics::CONSUMER
-            .apply_duration
-            .observe(elapsed.as_secs_f64());
+        self.delivered(appended, tally, started);
         span.in_scope(|| {
-            tracing::info!(latency_ms = elapsed.as_secs_f64() * 1000.0, "event applied");
+            tracing::info!(
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "event applied"
+            );
         });
         Ok(Some(DeliveryOutcome {
             applied: 1,
             skipped: 0,
             cursor: to,
         }))
+    }
+
+    /// After a delivery committed: the outbox rows it appended go to the relay, what it
+    /// did to the metrics.
+    fn delivered(&self, appended: Vec<outbox::OutboxRow>, tally: Tally, started: Instant) {
+        if let Some(relay) = &self.relay {
+            for row in appended {
+                relay.hand(row);
+            }
+        }
+        tally.count();
+        metrics::CONSUMER
+            .apply_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     async fn apply_in(
