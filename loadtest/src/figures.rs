@@ -43,9 +43,10 @@ pub async fn run() -> Result<(), Error> {
     let (posts, bytes) = drain(&blog).await?;
     // What query holds grows with its view: the figure travels with the view's size.
     println!(
-        "RSS after load MiB: {} (query's view then: {posts} posts, {:.1} MB as sent)",
+        "RSS after load MiB: {} (query's view then: {posts} posts, {:.1} MB as sent; its page cache so far: {})",
         blog.memory(),
-        bytes as f64 / 1e6
+        bytes as f64 / 1e6,
+        cache_lookups(&blog).await?
     );
     blog.world.finish().await;
 
@@ -333,6 +334,20 @@ async fn drain(blog: &Microblog) -> Result<(usize, usize), Error> {
         cpu * 1000.0 / DRAIN_POSTS as f64
     );
     Ok(size)
+}
+
+/// query's cache lookups by result, from its metrics: a miss of the whole view is a read
+/// of every post.
+async fn cache_lookups(blog: &Microblog) -> Result<String, Error> {
+    let url = format!("{}/metrics", blog.urls["query"]);
+    let metrics = blog.api.http().get(&url).send().await?.text().await?;
+    let counts: Vec<String> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("query_view_cache_lookups_total{result=\""))
+        .filter_map(|rest| rest.split_once("\"} "))
+        .map(|(result, count)| format!("{result} {count}"))
+        .collect();
+    Ok(counts.join(", "))
 }
 
 fn cpu_of_everything(world: &World) -> f64 {

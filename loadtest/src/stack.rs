@@ -104,10 +104,19 @@ impl Drop for World {
 
 /// Resident memory of a process, in MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The most a process has been resident at once, in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -260,13 +269,19 @@ impl Microblog {
         })
     }
 
-    /// Each service's resident memory, in MiB.
+    /// Each service's resident memory, now and at its peak, in MiB.
     pub fn memory(&self) -> String {
         SERVICES
             .iter()
             .map(|service| {
-                let rss = self.world.pid(service.name).and_then(rss_mib);
-                format!("{} {:.1}", service.name, rss.unwrap_or(f64::NAN))
+                let pid = self.world.pid(service.name);
+                let (rss, peak) = (pid.and_then(rss_mib), pid.and_then(peak_rss_mib));
+                format!(
+                    "{} {:.1} (peak {:.1})",
+                    service.name,
+                    rss.unwrap_or(f64::NAN),
+                    peak.unwrap_or(f64::NAN)
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -6,7 +6,7 @@
 //! it touched, the next reader reads only those again, and the page is the posts joined.
 //! A change polled for is then one indexed read away, not a read of every post.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 
 use crate::metrics::QUERY;
-use crate::store::Entry;
+use crate::store::Written;
 
 /// `?limit=` and `?before=` of a `GET /posts`.
 pub type PageKey = (Option<i64>, Option<String>);
@@ -62,11 +62,11 @@ impl<'a> Reading<'a> {
     }
 
     /// Patches the page with what was read of the posts taken: they are current now.
-    fn patch(mut self, entries: Vec<Entry>) -> Bytes {
+    fn patch(mut self, written: Written) -> Bytes {
         self.patched = true;
         let mut whole = self.cache.lock_whole();
         whole.reading = false;
-        whole.patch(&self.stale, entries);
+        whole.patch(&self.stale, written);
         whole.page.clone()
     }
 }
@@ -164,41 +164,44 @@ impl Default for Whole {
 }
 
 impl Whole {
-    /// Replaces what `read` covered by what was read of it, and writes the page again:
-    /// one pass over the posts, copying those it did not read.
-    fn patch(&mut self, read: &Stale, entries: Vec<Entry>) {
-        let mut dropped = HashSet::new();
-        if matches!(read, Stale::Everything) {
-            self.members.clear();
-        }
-        let fresh: BTreeMap<i64, Entry> = entries.into_iter().map(|e| (e.position, e)).collect();
+    /// Replaces what `read` covered by what was read of it: everything is taken as it
+    /// was written; some posts, by writing the page again in one pass over the posts,
+    /// copying those it did not read.
+    fn patch(&mut self, read: &Stale, written: Written) {
+        let Stale::Posts(posts) = read else {
+            self.page = Bytes::from(written.text);
+            self.members = written.members;
+            return;
+        };
         // A post read again replaces what was at its place.
-        dropped.extend(fresh.keys().copied());
-        if let Stale::Posts(posts) = read {
-            // One named but not read again is no longer in the database: it is found by
-            // its key in the page. That is rare; an index of every post's place, kept
-            // for it, cost about a quarter of the view's memory.
-            let read_again: HashSet<&str> = fresh.values().map(|e| e.id.as_str()).collect();
-            let gone: Vec<Vec<u8>> = posts
-                .iter()
-                .filter(|post| !read_again.contains(post.as_str()))
-                .filter_map(|post| serde_json::to_vec(post).ok())
-                .map(|mut key| {
-                    key.push(b':');
-                    key
-                })
-                .collect();
-            if !gone.is_empty() {
-                dropped.extend(
-                    self.members
-                        .iter()
-                        .filter(|(_, at)| {
-                            let member = &self.page[at.clone()];
-                            gone.iter().any(|key| member.starts_with(key))
-                        })
-                        .map(|(position, _)| *position),
-                );
-            }
+        let mut dropped: HashSet<i64> = written.members.iter().map(|(p, _)| *p).collect();
+        // One named but not read again is no longer in the database: it is found by its
+        // key in the page. That is rare; an index of every post's place, kept for it,
+        // cost about a quarter of the view's memory.
+        let gone: Vec<Vec<u8>> = posts
+            .iter()
+            .filter_map(|post| serde_json::to_vec(post).ok())
+            .map(|mut key| {
+                key.push(b':');
+                key
+            })
+            .filter(|key| {
+                !written
+                    .members
+                    .iter()
+                    .any(|(_, at)| written.member(at).starts_with(key))
+            })
+            .collect();
+        if !gone.is_empty() {
+            dropped.extend(
+                self.members
+                    .iter()
+                    .filter(|(_, at)| {
+                        let member = &self.page[at.clone()];
+                        gone.iter().any(|key| member.starts_with(key))
+                    })
+                    .map(|(position, _)| *position),
+            );
         }
         let old = std::mem::take(&mut self.page);
         let members = std::mem::take(&mut self.members);
@@ -206,16 +209,10 @@ impl Whole {
             .into_iter()
             .filter(|(position, _)| !dropped.contains(position))
             .peekable();
+        let mut fresh = written.members.iter().peekable();
         // Room for all of it at once: a page that grew by doubling kept up to twice its
         // size for as long as it was served.
-        let room = old.len()
-            + 2
-            + fresh
-                .values()
-                .map(|e| e.as_member().len() + 1)
-                .sum::<usize>();
-        let mut fresh = fresh.into_iter().peekable();
-        let mut page = Vec::with_capacity(room);
+        let mut page = Vec::with_capacity(old.len() + written.text.len());
         page.push(b'{');
         loop {
             let older = match (kept.peek(), fresh.peek()) {
@@ -228,8 +225,8 @@ impl Whole {
                 if let Some((position, at)) = kept.next() {
                     self.write(&mut page, position, &old[at]);
                 }
-            } else if let Some((position, entry)) = fresh.next() {
-                self.write(&mut page, position, entry.as_member().as_bytes());
+            } else if let Some((position, at)) = fresh.next() {
+                self.write(&mut page, *position, written.member(at));
             }
         }
         page.push(b'}');
@@ -319,7 +316,7 @@ impl ViewCache {
     where
         E: std::fmt::Debug,
         F: FnMut(Option<Vec<String>>) -> Fut,
-        Fut: Future<Output = Result<Vec<Entry>, E>>,
+        Fut: Future<Output = Result<Written, E>>,
     {
         loop {
             self.patch_ahead.notified().await;
@@ -335,7 +332,7 @@ impl ViewCache {
     pub async fn whole<E, F, Fut>(&self, read: F) -> Result<Bytes, E>
     where
         F: FnOnce(Option<Vec<String>>) -> Fut,
-        Fut: Future<Output = Result<Vec<Entry>, E>>,
+        Fut: Future<Output = Result<Written, E>>,
     {
         self.polled.store(true, Ordering::SeqCst);
         let (page, lookup) = self.current(read).await?;
@@ -350,7 +347,7 @@ impl ViewCache {
     async fn current<E, F, Fut>(&self, read: F) -> Result<(Bytes, Lookup), E>
     where
         F: FnOnce(Option<Vec<String>>) -> Fut,
-        Fut: Future<Output = Result<Vec<Entry>, E>>,
+        Fut: Future<Output = Result<Written, E>>,
     {
         if let Some(page) = self.whole_if_fresh() {
             return Ok((page, Lookup::Hit));
@@ -368,8 +365,8 @@ impl ViewCache {
         };
         // A failed read, or one abandoned (its request went away), leaves what it took
         // stale (`Reading`'s drop).
-        let entries = read(ids).await?;
-        Ok((reading.patch(entries), lookup))
+        let written = read(ids).await?;
+        Ok((reading.patch(written), lookup))
     }
 
     /// A page other than the whole view: as cached, or rendered by `render`.
@@ -437,6 +434,8 @@ impl ViewCache {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
     use super::*;
 
     async fn render(text: &str) -> Result<String, ()> {
@@ -481,8 +480,9 @@ mod tests {
         assert!(cache.pages.lock().unwrap().len() <= MAX_PAGES);
     }
 
-    /// The database, as far as the whole view's reads go: posts by id.
-    struct Posts(Mutex<BTreeMap<String, Entry>>);
+    /// The database, as far as the whole view's reads go: posts by id, with their place
+    /// and title.
+    struct Posts(Mutex<BTreeMap<String, (i64, String)>>);
 
     impl Posts {
         fn new() -> Self {
@@ -490,20 +490,20 @@ mod tests {
         }
 
         fn set(&self, position: i64, id: &str, title: &str) {
-            let entry = crate::store::test_entry(position, id, title);
-            self.0.lock().unwrap().insert(id.to_owned(), entry);
+            let post = (position, title.to_owned());
+            self.0.lock().unwrap().insert(id.to_owned(), post);
         }
 
         /// Reads when called, as a statement reads its snapshot when it starts.
-        fn read(&self, ids: Option<Vec<String>>) -> std::future::Ready<Result<Vec<Entry>, ()>> {
+        fn read(&self, ids: Option<Vec<String>>) -> std::future::Ready<Result<Written, ()>> {
             let posts = self.0.lock().unwrap();
-            let mut read: Vec<Entry> = posts
-                .values()
-                .filter(|e| ids.as_ref().is_none_or(|ids| ids.contains(&e.id)))
-                .cloned()
+            let mut read: Vec<(i64, &str, &str)> = posts
+                .iter()
+                .filter(|(id, _)| ids.as_ref().is_none_or(|ids| ids.contains(id)))
+                .map(|(id, (position, title))| (*position, id.as_str(), title.as_str()))
                 .collect();
-            read.sort_by_key(|e| e.position);
-            std::future::ready(Ok(read))
+            read.sort_by_key(|(position, _, _)| *position);
+            std::future::ready(Ok(crate::store::test_written(&read)))
         }
     }
 
@@ -647,7 +647,7 @@ mod tests {
 
         cache.changed("p1");
         db.set(1, "p1", "one, after a failed read");
-        let failed = cache.whole(|_| async { Err::<Vec<Entry>, ()>(()) }).await;
+        let failed = cache.whole(|_| async { Err::<Written, ()>(()) }).await;
         assert!(failed.is_err());
         assert_eq!(
             titles(&whole(&cache, &db).await),
@@ -698,7 +698,7 @@ mod tests {
         let (cache, db) = p1_cached_then_changed().await;
         // Its request went away while it read: the server drops the handler.
         let mut abandoned =
-            Box::pin(cache.whole(|_| std::future::pending::<Result<Vec<Entry>, ()>>()));
+            Box::pin(cache.whole(|_| std::future::pending::<Result<Written, ()>>()));
         assert!((&mut abandoned).now_or_never().is_none());
         drop(abandoned);
         assert_eq!(
@@ -777,11 +777,7 @@ mod tests {
             }
             let page = cache.whole(|ids| db.read(ids)).await.unwrap();
             let written_whole = db.read(None).into_inner().unwrap();
-            assert_eq!(
-                page,
-                crate::store::page_of(written_whole.iter().map(Entry::as_member)),
-                "step {step}"
-            );
+            assert_eq!(page, written_whole.text, "step {step}");
         }
     }
 

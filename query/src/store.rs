@@ -1,8 +1,11 @@
 //! All of the query service's SQL, and the view's JSON in the course's shape.
 
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use contract::{CommentCreated, CommentUpdated, PostCreated, LATEST_COMMENTS};
+use futures_util::{Stream, TryStreamExt};
+use serde::de::IgnoredAny;
 use service_kit::consumer::CursorStep;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Connection, PgConnection, PgPool, Row};
@@ -291,16 +294,16 @@ pub async fn view(
     limit: Option<i64>,
     before: Option<&str>,
 ) -> Result<String, sqlx::Error> {
-    let rows = page_rows(pool, limit, before).await?;
-    Ok(page_of(entries(&rows)?.iter().map(Entry::as_member)))
+    let written = view_rows(pool, limit, before).await?;
+    into_text(written.text).map_err(decode_error)
 }
 
-async fn page_rows(
+async fn view_rows(
     pool: &PgPool,
     limit: Option<i64>,
     before: Option<&str>,
-) -> Result<Vec<ViewRow>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<Written, sqlx::Error> {
+    let rows = sqlx::query_as(
         "WITH page AS (
              SELECT position, id, title, comment_count FROM posts
              WHERE $2::text IS NULL OR position < COALESCE((SELECT position FROM posts WHERE id = $2), 0)
@@ -316,17 +319,17 @@ async fn page_rows(
     .bind(limit)
     .bind(before)
     .bind(LATEST_COMMENTS)
-    .fetch_all(pool)
-    .await
+    .fetch(pool);
+    Written::from_stream(rows).await
 }
 
-/// The whole view's posts as entries, in creation order: every post, or those of `ids`
-/// the view has (a comment's post may not have arrived yet).
-pub async fn whole_view(pool: &PgPool, ids: Option<&[String]>) -> Result<Vec<Entry>, sqlx::Error> {
+/// The whole view's posts, in creation order: every post, or those of `ids` the view has
+/// (a comment's post may not have arrived yet).
+pub async fn whole_view(pool: &PgPool, ids: Option<&[String]>) -> Result<Written, sqlx::Error> {
     let Some(ids) = ids else {
-        return entries(&page_rows(pool, None, None).await?);
+        return view_rows(pool, None, None).await;
     };
-    let rows: Vec<ViewRow> = sqlx::query_as(
+    let rows = sqlx::query_as(
         "SELECT p.position, p.id AS post_id, p.title, p.comment_count, c.id AS comment_id, c.content, c.status
          FROM posts p LEFT JOIN LATERAL (
              SELECT id, content, status, position FROM comments
@@ -337,15 +340,16 @@ pub async fn whole_view(pool: &PgPool, ids: Option<&[String]>) -> Result<Vec<Ent
     )
     .bind(ids)
     .bind(LATEST_COMMENTS)
-    .fetch_all(pool)
-    .await?;
-    entries(&rows)
+    .fetch(pool);
+    Written::from_stream(rows).await
 }
 
 /// One post, `{id, title, comments, commentCount}`, as the view shows it.
 pub async fn post(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error> {
-    let found = whole_view(pool, Some(&[id.to_owned()])).await?;
-    Ok(found.first().map(|entry| entry.post().to_owned()))
+    let written = whole_view(pool, Some(&[id.to_owned()])).await?;
+    let post = written.members.first().and_then(|(_, at)| written.post(at));
+    post.map(|post| into_text(post.to_vec()).map_err(decode_error))
+        .transpose()
 }
 
 /// A post, with one of its comments if it has any.
@@ -360,79 +364,112 @@ struct ViewRow {
     status: Option<String>,
 }
 
-/// One post of the view, written: `"id":{id, title, comments, commentCount}`, a member
-/// of the view's object, and the post's place in creation order.
+/// Posts of the view written as the view's object, `{"id":{id, title, comments,
+/// commentCount},…}`, with each post's place in creation order and where its member
+/// `"id":{…}` is in the text, in the order written.
+///
+/// Written straight from the rows as they arrive: reading every post holds the rows of
+/// one post at a time and the text, not every row and then every post as strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub position: i64,
-    pub id: String,
-    member: String,
-    /// Where the post's object starts in `member`.
-    post_at: usize,
+pub struct Written {
+    pub text: Vec<u8>,
+    pub members: Vec<(i64, Range<usize>)>,
 }
 
-impl Entry {
-    /// `"id":{…}`.
-    pub fn as_member(&self) -> &str {
-        &self.member
-    }
-
-    /// `{…}`.
-    pub fn post(&self) -> &str {
-        &self.member[self.post_at..]
-    }
-}
-
-/// The view's object from its members, in the order given.
-pub fn page_of<'a>(members: impl IntoIterator<Item = &'a str>) -> String {
-    let members = members.into_iter();
-    let mut page = String::with_capacity(2 + members.size_hint().0 * 256);
-    page.push('{');
-    for (n, member) in members.enumerate() {
-        if n > 0 {
-            page.push(',');
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            text: b"{".to_vec(),
+            members: Vec::new(),
         }
-        page.push_str(member);
     }
-    page.push('}');
-    page
 }
 
-/// The entries of rows ordered by post, then comment.
-fn entries(rows: &[ViewRow]) -> Result<Vec<Entry>, sqlx::Error> {
-    let written = rows
-        .chunk_by(|a, b| a.post_id == b.post_id)
-        .map(|post| {
-            let mut out = Vec::with_capacity(64 + post.len() * 128);
-            serde_json::to_writer(&mut out, &post[0].post_id)?;
-            out.push(b':');
-            let post_at = out.len();
-            write_post(&mut out, post)?;
-            Ok(Entry {
-                position: post[0].position,
-                id: post[0].post_id.clone(),
-                member: into_text(out)?,
-                post_at,
-            })
-        })
-        .collect::<Result<Vec<_>, serde_json::Error>>();
-    written.map_err(|e| sqlx::Error::Decode(Box::new(e)))
+impl Written {
+    /// Rows ordered by post, then comment.
+    async fn from_stream(
+        rows: impl Stream<Item = Result<ViewRow, sqlx::Error>>,
+    ) -> Result<Self, sqlx::Error> {
+        let mut rows = std::pin::pin!(rows);
+        let mut written = Self::default();
+        let mut post: Vec<ViewRow> = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            if post
+                .first()
+                .is_some_and(|first| first.post_id != row.post_id)
+            {
+                written.push(&post).map_err(decode_error)?;
+                post.clear();
+            }
+            post.push(row);
+        }
+        written.push(&post).map_err(decode_error)?;
+        Ok(written.finish())
+    }
+
+    #[cfg(test)]
+    fn from_rows(rows: &[ViewRow]) -> Self {
+        let mut written = Self::default();
+        for post in rows.chunk_by(|a, b| a.post_id == b.post_id) {
+            written.push(post).unwrap_or_else(|e| panic!("{e}"));
+        }
+        written.finish()
+    }
+
+    /// Adds one post from its rows.
+    fn push(&mut self, rows: &[ViewRow]) -> Result<(), serde_json::Error> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        if !self.members.is_empty() {
+            self.text.push(b',');
+        }
+        let at = self.text.len();
+        serde_json::to_writer(&mut self.text, &first.post_id)?;
+        self.text.push(b':');
+        write_post(&mut self.text, rows)?;
+        self.members.push((first.position, at..self.text.len()));
+        Ok(())
+    }
+
+    /// Closes the object; what grew by doubling gives back what it does not use.
+    fn finish(mut self) -> Self {
+        self.text.push(b'}');
+        self.text.shrink_to_fit();
+        self.members.shrink_to_fit();
+        self
+    }
+
+    /// The member `"id":{…}` at `at`.
+    pub fn member(&self, at: &Range<usize>) -> &[u8] {
+        &self.text[at.clone()]
+    }
+
+    /// The post `{…}` of the member at `at`: what follows its key and colon.
+    pub fn post(&self, at: &Range<usize>) -> Option<&[u8]> {
+        let member = self.member(at);
+        let mut key = serde_json::Deserializer::from_slice(member).into_iter::<IgnoredAny>();
+        key.next()?.ok()?;
+        member.get(key.byte_offset() + 1..)
+    }
 }
 
-/// A post with no comments, as `whole_view` reads it.
+/// Posts with no comments, as `whole_view` reads them: (position, id, title) each.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-pub(crate) fn test_entry(position: i64, id: &str, title: &str) -> Entry {
-    let row = ViewRow {
-        position,
-        post_id: id.into(),
-        title: title.into(),
-        comment_count: 0,
-        comment_id: None,
-        content: None,
-        status: None,
-    };
-    entries(&[row]).unwrap().remove(0)
+pub(crate) fn test_written(posts: &[(i64, &str, &str)]) -> Written {
+    let rows: Vec<ViewRow> = posts
+        .iter()
+        .map(|(position, id, title)| ViewRow {
+            position: *position,
+            post_id: (*id).into(),
+            title: (*title).into(),
+            comment_count: 0,
+            comment_id: None,
+            content: None,
+            status: None,
+        })
+        .collect();
+    Written::from_rows(&rows)
 }
 
 /// `{id, title, comments, commentCount}` from one post's rows, its comments in order.
@@ -474,6 +511,10 @@ fn into_text(out: Vec<u8>) -> Result<String, serde_json::Error> {
     String::from_utf8(out).map_err(|e| serde::de::Error::custom(e.to_string()))
 }
 
+fn decode_error(error: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(error))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -493,8 +534,7 @@ mod tests {
 
     #[test]
     fn the_view_is_written_in_the_courses_shape_with_every_string_escaped() {
-        let render_view =
-            |rows: &[ViewRow]| page_of(entries(rows).unwrap().iter().map(Entry::as_member));
+        let render_view = |rows: &[ViewRow]| into_text(Written::from_rows(rows).text).unwrap();
         assert_eq!(render_view(&[]), "{}");
         let rows = [
             row("p1", "plain", 0, None),
@@ -526,8 +566,9 @@ mod tests {
             })
         );
         // An entry's post is the view's member, as `GET /posts/{id}` serves it.
+        let written = Written::from_rows(&rows);
         let p2: serde_json::Value =
-            serde_json::from_str(entries(&rows).unwrap()[1].post()).unwrap();
+            serde_json::from_slice(written.post(&written.members[1].1).unwrap()).unwrap();
         assert_eq!(p2, parsed["p2"]);
         // Creation order is the order of the keys.
         assert!(text.find("\"p1\"").unwrap() < text.find("\"p2\"").unwrap());
