@@ -407,13 +407,18 @@ impl Written {
         Ok(written.finish())
     }
 
+    /// As `from_stream` writes them as they arrive.
     #[cfg(test)]
-    fn from_rows(rows: &[ViewRow]) -> Self {
-        let mut written = Self::default();
-        for post in rows.chunk_by(|a, b| a.post_id == b.post_id) {
-            written.push(post).unwrap_or_else(|e| panic!("{e}"));
+    fn from_rows(rows: Vec<ViewRow>) -> Self {
+        use futures_util::FutureExt;
+        let rows = futures_util::stream::iter(rows.into_iter().map(Ok));
+        match Self::from_stream(rows).now_or_never() {
+            Some(Ok(written)) => written,
+            other => panic!(
+                "rows in memory were not written at once: {:?}",
+                other.map(|r| r.err())
+            ),
         }
-        written.finish()
     }
 
     /// Adds one post from its rows.
@@ -469,7 +474,7 @@ pub(crate) fn test_written(posts: &[(i64, &str, &str)]) -> Written {
             status: None,
         })
         .collect();
-    Written::from_rows(&rows)
+    Written::from_rows(rows)
 }
 
 /// `{id, title, comments, commentCount}` from one post's rows, its comments in order.
@@ -534,8 +539,10 @@ mod tests {
 
     #[test]
     fn the_view_is_written_in_the_courses_shape_with_every_string_escaped() {
-        let render_view = |rows: &[ViewRow]| into_text(Written::from_rows(rows).text).unwrap();
-        assert_eq!(render_view(&[]), "{}");
+        assert_eq!(
+            into_text(Written::from_rows(Vec::new()).text).unwrap(),
+            "{}"
+        );
         let rows = [
             row("p1", "plain", 0, None),
             row(
@@ -552,7 +559,8 @@ mod tests {
             ),
             row("p3", "", 1, Some(("c3", "x", "rejected"))),
         ];
-        let text = render_view(&rows);
+        let written = Written::from_rows(rows.into());
+        let text = into_text(written.text.clone()).unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             parsed,
@@ -565,8 +573,13 @@ mod tests {
                 "p3": {"id": "p3", "title": "", "comments": [{"id": "c3", "content": "x", "status": "rejected"}], "commentCount": 1},
             })
         );
-        // An entry's post is the view's member, as `GET /posts/{id}` serves it.
-        let written = Written::from_rows(&rows);
+        // Each post's place and member, in the order written; a member's post is the
+        // view's, as `GET /posts/{id}` serves it.
+        let positions: Vec<i64> = written.members.iter().map(|(p, _)| *p).collect();
+        assert_eq!(positions, [1, 2, 3]);
+        assert!(written
+            .member(&written.members[2].1)
+            .starts_with(b"\"p3\":{"));
         let p2: serde_json::Value =
             serde_json::from_slice(written.post(&written.members[1].1).unwrap()).unwrap();
         assert_eq!(p2, parsed["p2"]);
