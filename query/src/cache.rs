@@ -178,6 +178,11 @@ impl Whole {
         // One named but not read again is no longer in the database: it is found by its
         // key in the page. That is rare; an index of every post's place, kept for it,
         // cost about a quarter of the view's memory.
+        let read_again: HashSet<&[u8]> = written
+            .members
+            .iter()
+            .filter_map(|(_, at)| written.key(at))
+            .collect();
         let gone: Vec<Vec<u8>> = posts
             .iter()
             .filter_map(|post| serde_json::to_vec(post).ok())
@@ -185,12 +190,7 @@ impl Whole {
                 key.push(b':');
                 key
             })
-            .filter(|key| {
-                !written
-                    .members
-                    .iter()
-                    .any(|(_, at)| written.member(at).starts_with(key))
-            })
+            .filter(|key| !read_again.contains(key.as_slice()))
             .collect();
         if !gone.is_empty() {
             dropped.extend(

@@ -450,12 +450,18 @@ impl Written {
         &self.text[at.clone()]
     }
 
-    /// The post `{…}` of the member at `at`: what follows its key and colon.
-    pub fn post(&self, at: &Range<usize>) -> Option<&[u8]> {
+    /// The key and colon `"id":` of the member at `at`.
+    pub fn key(&self, at: &Range<usize>) -> Option<&[u8]> {
         let member = self.member(at);
         let mut key = serde_json::Deserializer::from_slice(member).into_iter::<IgnoredAny>();
         key.next()?.ok()?;
-        member.get(key.byte_offset() + 1..)
+        member.get(..key.byte_offset() + 1)
+    }
+
+    /// The post `{…}` of the member at `at`: what follows its key and colon.
+    pub fn post(&self, at: &Range<usize>) -> Option<&[u8]> {
+        let key = self.key(at)?;
+        self.member(at).get(key.len()..)
     }
 }
 
